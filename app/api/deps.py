@@ -1,0 +1,70 @@
+"""Request dependencies, as Annotated aliases."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from minio import Minio
+
+from app.core.config import Settings
+from app.core.errors import Unauthorized
+from app.services.batches import BatchService
+from app.services.process import ProcessService
+from app.services.supervisor import SupervisorControl
+from app.services.temporal import TemporalService
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_temporal(request: Request) -> TemporalService:
+    temporal: TemporalService = request.app.state.temporal
+    return temporal
+
+
+def get_supervisor(request: Request) -> SupervisorControl:
+    supervisor: SupervisorControl = request.app.state.supervisor
+    return supervisor
+
+
+def get_s3_probe(request: Request) -> Minio:
+    probe: Minio = request.app.state.s3_probe
+    return probe
+
+
+def get_batches(request: Request) -> BatchService:
+    service: BatchService = request.app.state.batches
+    return service
+
+
+def get_process(request: Request) -> ProcessService:
+    service: ProcessService = request.app.state.process
+    return service
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+TemporalDep = Annotated[TemporalService, Depends(get_temporal)]
+SupervisorDep = Annotated[SupervisorControl, Depends(get_supervisor)]
+S3ProbeDep = Annotated[Minio, Depends(get_s3_probe)]
+BatchesDep = Annotated[BatchService, Depends(get_batches)]
+ProcessDep = Annotated[ProcessService, Depends(get_process)]
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer $API_KEY`")
+
+
+def require_api_key(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    if settings.API_KEY is None:
+        return
+    if credentials is None:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <API_KEY>'")
+    expected = settings.API_KEY.get_secret_value().encode()
+    if not secrets.compare_digest(credentials.credentials.encode(), expected):
+        raise Unauthorized("invalid API key")

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from app.api.deps import BatchesDep, SettingsDep, SupervisorDep
+from app.api.schemas import BatchCreate
+from app.services.batches import TERMINAL
+
+router = APIRouter(tags=["batches"])
+
+_BATCH_EXAMPLE = {
+    "id": "batch_6f1c0d9a4e0b4f5f9a6f2d1e8c7b3a21",
+    "object": "batch",
+    "endpoint": "/v1/chat/completions",
+    "status": "in_progress",
+    "input_key": "batches/batch_6f1c0d9a4e0b4f5f9a6f2d1e8c7b3a21/input.jsonl",
+    "output_key": "batches/batch_6f1c0d9a4e0b4f5f9a6f2d1e8c7b3a21/output.jsonl",
+    "error_key": "batches/batch_6f1c0d9a4e0b4f5f9a6f2d1e8c7b3a21/errors.jsonl",
+    "request_counts": {"total": 2, "completed": 1, "failed": 0},
+    "errors": None,
+    "created_at": 1796000000,
+    "in_progress_at": 1796000001,
+    "finalizing_at": None,
+    "completed_at": None,
+    "failed_at": None,
+    "cancelling_at": None,
+    "cancelled_at": None,
+    "metadata": {"project": "demo"},
+}
+
+
+def _example(example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    return {200: {"content": {"application/json": {"example": example}}}}
+
+
+@router.post(
+    "/batch",
+    status_code=202,
+    summary="Submit a batch",
+    responses={
+        202: {
+            "content": {
+                "application/json": {
+                    "example": {
+                        **_BATCH_EXAMPLE,
+                        "status": "validating",
+                        "workers": {"worker-cpu": "started", "worker-gpu": "already_running"},
+                    }
+                }
+            }
+        }
+    },
+)
+async def create_batch(
+    body: BatchCreate, batches: BatchesDep, supervisor: SupervisorDep, settings: SettingsDep
+) -> dict[str, Any]:
+    batch = await batches.submit(
+        items=body.items,
+        input_object=body.input_key,
+        endpoint=body.endpoint,
+        defaults=body.defaults,
+        metadata=body.metadata,
+        shard_size=body.shard_size,
+    )
+    workers: dict[str, str] = {}
+    if settings.AUTO_START_WORKERS:
+        workers = {r.program: r.outcome for r in await supervisor.start_workers()}
+    return {**batch, "workers": workers}
+
+
+@router.get("/batch/{batch_id}", summary="Status of a batch", responses=_example(_BATCH_EXAMPLE))
+async def get_batch(batch_id: str, batches: BatchesDep) -> dict[str, Any]:
+    return await batches.get(batch_id)
+
+
+@router.get(
+    "/batches",
+    summary="Recent batches, newest first",
+    responses=_example({"object": "list", "data": [_BATCH_EXAMPLE]}),
+)
+async def list_batches(
+    batches: BatchesDep, limit: Annotated[int, Query(ge=1, le=1000)] = 20
+) -> dict[str, Any]:
+    return {"object": "list", "data": await batches.list(limit)}
+
+
+@router.post(
+    "/batch/{batch_id}/cancel",
+    summary="Cancel a batch (finished results are kept)",
+    responses=_example({**_BATCH_EXAMPLE, "status": "cancelling"}),
+)
+async def cancel_batch(batch_id: str, batches: BatchesDep) -> dict[str, Any]:
+    return await batches.cancel(batch_id)
+
+
+_JSONL_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            "application/x-ndjson": {
+                "example": '{"id": "batch_req_1", "custom_id": "q1", "response": '
+                '{"status_code": 200, "request_id": "req_1", "body": {"choices": []}}, '
+                '"error": null}\n'
+            }
+        },
+        "headers": {"X-Batch-Status": {"description": "the batch's status when streamed"}},
+    }
+}
+
+
+async def _stream(batch_id: str, batches: BatchesDep, errors: bool) -> StreamingResponse:
+    status, chunks = await batches.results(batch_id, errors=errors)
+    headers = {"X-Batch-Status": status, "X-Partial": "false" if status in TERMINAL else "true"}
+    return StreamingResponse(chunks, media_type="application/x-ndjson", headers=headers)
+
+
+@router.get(
+    "/batch/{batch_id}/results",
+    summary="Output lines as JSONL (partial while the batch runs)",
+    response_class=StreamingResponse,
+    responses=_JSONL_RESPONSE,
+)
+async def batch_results(batch_id: str, batches: BatchesDep) -> StreamingResponse:
+    return await _stream(batch_id, batches, errors=False)
+
+
+@router.get(
+    "/batch/{batch_id}/errors",
+    summary="Error lines as JSONL: invalid input lines and failed requests",
+    response_class=StreamingResponse,
+    responses=_JSONL_RESPONSE,
+)
+async def batch_errors(batch_id: str, batches: BatchesDep) -> StreamingResponse:
+    return await _stream(batch_id, batches, errors=True)

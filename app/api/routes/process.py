@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.api.deps import ProcessDep, SettingsDep, SupervisorDep
+from app.api.schemas import ProcessCreate
+from app.core.errors import InvalidRequest
+from workers.shared.lines import LineError, normalize_request
+
+router = APIRouter(tags=["process"])
+
+_OUTPUT_EXAMPLE = {
+    "id": "proc_0b7d6f3c2a1e4d5f8a9b0c1d2e3f4a5b",
+    "status": "completed",
+    "output": {
+        "id": "batch_req_9c1d",
+        "custom_id": "process",
+        "response": {
+            "status_code": 200,
+            "request_id": "req_4f2a",
+            "body": {
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"}}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+            },
+        },
+        "error": None,
+    },
+}
+_PENDING_EXAMPLE = {"id": "proc_0b7d6f3c2a1e4d5f8a9b0c1d2e3f4a5b", "status": "in_progress"}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {"example": _OUTPUT_EXAMPLE}}},
+    202: {"content": {"application/json": {"example": _PENDING_EXAMPLE}}},
+}
+
+
+@router.post(
+    "/process",
+    summary="Run one request; 200 with the output line when done in time, else 202",
+    responses=_RESPONSES,
+)
+async def create_process(
+    body: ProcessCreate, process: ProcessDep, supervisor: SupervisorDep, settings: SettingsDep
+) -> JSONResponse:
+    line = body.model_dump(exclude={"timeout_s"}, exclude_none=True)
+    line.setdefault("custom_id", "process")
+    try:
+        request = normalize_request(line)
+    except LineError as exc:
+        raise InvalidRequest(str(exc)) from None
+    workers: dict[str, str] = {}
+    if settings.AUTO_START_WORKERS:
+        workers = {r.program: r.outcome for r in await supervisor.start_workers()}
+    finished, result = await process.submit(
+        request, body.timeout_s or settings.PROCESS_TIMEOUT_SECONDS
+    )
+    return JSONResponse({**result, "workers": workers}, status_code=200 if finished else 202)
+
+
+@router.get("/process/{process_id}", summary="Result of a request", responses=_RESPONSES)
+async def get_process(process_id: str, process: ProcessDep) -> JSONResponse:
+    finished, result = await process.get(process_id)
+    return JSONResponse(result, status_code=200 if finished else 202)

@@ -1,0 +1,93 @@
+"""Request bodies of the API, with the examples the OpenAPI docs show."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from workers.shared.models import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
+
+Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+assert set(Endpoint.__args__) == {CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS}  # type: ignore[attr-defined]
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "custom_id": "q1",
+                            "method": "POST",
+                            "url": "/v1/chat/completions",
+                            "body": {"messages": [{"role": "user", "content": "Say hi"}]},
+                        },
+                        {"custom_id": "q2", "messages": [{"role": "user", "content": "2+2?"}]},
+                    ],
+                    "defaults": {"max_tokens": 32, "temperature": 0},
+                    "metadata": {"project": "demo"},
+                },
+                {"input_key": "uploads/prompts.jsonl", "endpoint": "/v1/chat/completions"},
+            ]
+        },
+    )
+
+    items: list[Any] | None = Field(
+        default=None,
+        description="Request lines inline (OpenAI batch lines or the `messages`/`prompt` "
+        "shorthands); each invalid one goes to the error file, the rest run.",
+    )
+    input_key: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Key of a JSONL object in the bucket (any size; streamed).",
+    )
+    endpoint: Endpoint = Field(
+        default="/v1/chat/completions", description="Default `url` for lines without one."
+    )
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="Merged into every request body (the line wins)."
+    )
+    metadata: Annotated[dict[str, str], Field(max_length=16)] = Field(default_factory=dict)
+    shard_size: int | None = Field(
+        default=None, ge=1, le=100_000, description="Requests per shard (BATCH_SHARD_SIZE)."
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> BatchCreate:
+        if (self.items is None) == (self.input_key is None):
+            raise ValueError("give exactly one of 'items' or 'input_key'")
+        if self.items is not None and not self.items:
+            raise ValueError("'items' is empty")
+        return self
+
+
+class ProcessCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "messages": [{"role": "user", "content": "Say hi"}],
+                    "max_tokens": 16,
+                    "timeout_s": 30,
+                },
+                {
+                    "custom_id": "one",
+                    "method": "POST",
+                    "url": "/v1/completions",
+                    "body": {"prompt": "Once upon a time", "max_tokens": 16},
+                },
+            ]
+        },
+    )
+
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="Wait this long for the answer (PROCESS_TIMEOUT_SECONDS), else 202.",
+    )

@@ -1,0 +1,104 @@
+"""FastAPI application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request, Response
+
+from app.api.deps import require_api_key
+from app.api.routes import batches, health, process, queues
+from app.core.config import Settings, load_settings_or_exit
+from app.core.errors import error_response, install_error_handlers
+from app.services.batches import BatchService
+from app.services.process import ProcessService
+from app.services.queues import Reconciler
+from app.services.storage import ensure_bucket, make_minio
+from app.services.supervisor import SupervisorControl
+from app.services.temporal import TemporalService
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Durable LLM batch jobs on one GPU box (or many), driven by Temporal and llama-server.
+
+* `POST /batch` runs many requests (OpenAI batch lines) and writes JSONL results to S3.
+* `POST /process` runs one request and answers synchronously when it finishes in time.
+* Workers start on demand; `GET /queues` shows them, `GET /health` shows every dependency.
+
+When `API_KEY` is set, every route except `GET /health` needs `Authorization: Bearer <key>`.
+Errors always have the shape `{"error": {"code", "type", "message"}}`.
+"""
+
+
+async def _ensure_bucket_in_background(settings: Settings) -> None:
+    """S3 may come up after the API; keep trying quietly until the bucket exists."""
+    client = make_minio(settings, probe=True)
+    delay = 0.5
+    while True:
+        try:
+            await asyncio.to_thread(ensure_bucket, client, settings.MINIO_BUCKET)
+            return
+        except Exception as exc:
+            logger.debug("bucket %s not ready yet: %s", settings.MINIO_BUCKET, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def install_body_limit(app: FastAPI, limit: int) -> None:
+    @app.middleware("http")
+    async def _limit(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return error_response(
+                413,
+                "payload_too_large",
+                f"request body is {int(length)} bytes; the limit is {limit} (MAX_REQUEST_BYTES); "
+                "upload large inputs to the bucket and pass input_key",
+            )
+        return await call_next(request)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings_or_exit()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        temporal = TemporalService(settings)
+        supervisor = SupervisorControl(settings.supervisor_socket)
+        app.state.settings = settings
+        app.state.temporal = temporal
+        app.state.supervisor = supervisor
+        app.state.s3_probe = make_minio(settings, probe=True)
+        app.state.batches = BatchService(settings, temporal, make_minio(settings))
+        app.state.process = ProcessService(settings, temporal)
+        reconciler = Reconciler(settings, temporal, supervisor)
+        if settings.AUTO_START_WORKERS:
+            reconciler.start()
+        bucket_task = asyncio.create_task(_ensure_bucket_in_background(settings))
+        try:
+            yield
+        finally:
+            bucket_task.cancel()
+            await reconciler.stop()
+            await temporal.close()
+
+    app = FastAPI(
+        title="LLM Batch API",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    install_body_limit(app, settings.MAX_REQUEST_BYTES)
+    protected = [Depends(require_api_key)]
+    app.include_router(health.router)
+    app.include_router(queues.router, dependencies=protected)
+    app.include_router(batches.router, dependencies=protected)
+    app.include_router(process.router, dependencies=protected)
+    return app

@@ -1,0 +1,84 @@
+"""Single requests: run as a tiny workflow, answered synchronously when done in time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from temporalio.client import WorkflowFailureError
+from temporalio.service import RPCError, RPCStatusCode
+
+from app.core.config import Settings
+from app.core.errors import NotFound, ServiceUnavailable
+from app.services.batches import temporal_client
+from app.services.temporal import TemporalService
+from workers.shared.models import PROCESS_WORKFLOW, ProcessInput, ProcessResult
+
+logger = logging.getLogger(__name__)
+
+
+def new_process_id() -> str:
+    return f"proc_{uuid.uuid4().hex}"
+
+
+def _completed(process_id: str, result: ProcessResult) -> dict[str, Any]:
+    return {"id": process_id, "status": "completed", "output": result.output}
+
+
+def _failed(process_id: str, exc: BaseException) -> dict[str, Any]:
+    cause = exc.__cause__ or exc
+    return {"id": process_id, "status": "failed", "error": {"message": str(cause)}}
+
+
+class ProcessService:
+    def __init__(self, settings: Settings, temporal: TemporalService) -> None:
+        self.settings = settings
+        self.temporal = temporal
+
+    async def submit(
+        self, request: dict[str, Any], timeout_s: float
+    ) -> tuple[bool, dict[str, Any]]:
+        """(finished, body): finished within timeout_s, or still running."""
+        client = await temporal_client(self.temporal)
+        process_id = new_process_id()
+        try:
+            handle = await client.start_workflow(
+                PROCESS_WORKFLOW,
+                ProcessInput(
+                    request_id=process_id,
+                    request=request,
+                    gpu_task_queue=self.settings.GPU_TASK_QUEUE,
+                ),
+                id=process_id,
+                task_queue=self.settings.CPU_TASK_QUEUE,
+                result_type=ProcessResult,
+            )
+        except RPCError as exc:
+            raise ServiceUnavailable(f"could not start the request: {exc}") from exc
+        try:
+            result = await asyncio.wait_for(handle.result(), timeout_s)
+        except TimeoutError:
+            return False, {"id": process_id, "status": "in_progress"}
+        except WorkflowFailureError as exc:
+            return True, _failed(process_id, exc)
+        return True, _completed(process_id, result)
+
+    async def get(self, process_id: str) -> tuple[bool, dict[str, Any]]:
+        client = await temporal_client(self.temporal)
+        handle = client.get_workflow_handle(process_id, result_type=ProcessResult)
+        try:
+            description = await handle.describe()
+        except RPCError as exc:
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                raise NotFound(f"no request with id {process_id!r}") from None
+            raise ServiceUnavailable(f"Temporal: {exc}") from exc
+        if description.workflow_type != PROCESS_WORKFLOW:
+            raise NotFound(f"no request with id {process_id!r}")
+        if description.close_time is None:
+            return False, {"id": process_id, "status": "in_progress"}
+        try:
+            return True, _completed(process_id, await handle.result())
+        except WorkflowFailureError as exc:
+            return True, _failed(process_id, exc)

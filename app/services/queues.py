@@ -1,0 +1,114 @@
+"""Task queue reports and the reconciler that starts workers for waiting work."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from app.core.config import Settings
+from app.services.supervisor import (
+    WORKER_PROGRAMS,
+    SupervisorControl,
+    SupervisorUnavailable,
+)
+from app.services.temporal import TaskQueueState, TemporalService
+
+logger = logging.getLogger(__name__)
+
+
+async def _program_states(supervisor: SupervisorControl) -> dict[str, str] | None:
+    try:
+        return {name: info.state for name, info in (await supervisor.programs()).items()}
+    except SupervisorUnavailable:
+        return None
+
+
+async def queue_states(settings: Settings, temporal: TemporalService) -> dict[str, TaskQueueState]:
+    names = settings.task_queues
+    states = await asyncio.gather(*(temporal.describe_task_queue(q) for q in names.values()))
+    return dict(zip(names, states, strict=True))
+
+
+async def queues_report(
+    settings: Settings, temporal: TemporalService, supervisor: SupervisorControl
+) -> dict[str, Any]:
+    states, programs = await asyncio.gather(
+        queue_states(settings, temporal), _program_states(supervisor)
+    )
+    report: dict[str, Any] = {}
+    for queue, state in states.items():
+        live = state.live_pollers(settings.POLLER_LIVE_SECONDS)
+        program = WORKER_PROGRAMS[queue]
+        report[queue] = {
+            "task_queue": state.name,
+            "backlog": state.backlog,
+            "live_pollers": len(live),
+            "pollers": [
+                {"identity": p.identity, "last_access_time": p.last_access_time.isoformat()}
+                for p in live
+            ],
+            "worker": {
+                "program": program,
+                "state": programs.get(program, "UNKNOWN") if programs is not None else None,
+            },
+        }
+    return {"queues": report, "supervisor_reachable": programs is not None}
+
+
+class Reconciler:
+    """Starts a worker program whose queue has a backlog and no live poller.
+
+    Retries and timers fire after a worker left, and a worker may have crashed out of its
+    retries: this loop makes sure waiting work always gets a worker.
+    """
+
+    def __init__(
+        self, settings: Settings, temporal: TemporalService, supervisor: SupervisorControl
+    ) -> None:
+        self.settings = settings
+        self.temporal = temporal
+        self.supervisor = supervisor
+        self._task: asyncio.Task[None] | None = None
+
+    async def reconcile_once(self) -> list[str]:
+        """Returns the programs it started."""
+        if not self.supervisor.socket_path.exists():
+            return []
+        started: list[str] = []
+        states = await queue_states(self.settings, self.temporal)
+        for queue, state in states.items():
+            if state.backlog > 0 and not state.live_pollers(self.settings.POLLER_LIVE_SECONDS):
+                result = await self.supervisor.start(WORKER_PROGRAMS[queue])
+                if result.outcome == "started":
+                    logger.info(
+                        "reconciler: %s has %d waiting task(s) and no live poller; started %s",
+                        state.name,
+                        state.backlog,
+                        result.program,
+                    )
+                    started.append(result.program)
+        return started
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.reconcile_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a dependency being down must not end the loop
+                logger.debug("reconciler: %s", exc)
+            await asyncio.sleep(self.settings.RECONCILE_INTERVAL_SECONDS)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="worker-reconciler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Starts every service of the stack under supervisord, the same way on a laptop, in CI, in
+# the container and on the GPU instance.
+#
+# Reads .env (or --env-file / $ENV_FILE), validates every setting, applies the defaults of
+# DEPLOY_MODE (hybrid | standalone | local) and starts supervisord on supervisord.conf.
+# When supervisord is already running it applies configuration changes instead
+# (`supervisorctl update`), so running it twice is harmless.
+set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+LOG_PREFIX=start
+
+usage() {
+  cat <<USAGE
+Usage: scripts/start_services.sh [--env-file FILE] [--foreground] [--dry-run] [-h]
+
+  --env-file FILE  read settings from FILE instead of .env
+  --foreground     exec supervisord in the foreground (container CMD)
+  --dry-run        validate settings and print what would start, start nothing
+
+Environment: INSTANCE_VENV (default /opt/venv) holds python and supervisor.
+USAGE
+}
+
+prepare_local_mode() {
+  local model="$LLAMA_MODEL"
+  [[ "$model" == /* ]] || model="${PROJECT_ROOT}/${model}"
+  if [[ ! -f "$model" && "$model" == */models/tiny-llama.gguf ]]; then
+    log "generating the tiny test model at ${model}"
+    "$PYTHON" "${PROJECT_ROOT}/scripts/make_tiny_model.py" --output "$model" >/dev/null
+  fi
+  if [[ "$LLAMA_SERVER_BIN" != */* ]] && ! command -v "$LLAMA_SERVER_BIN" >/dev/null; then
+    LLAMA_SERVER_BIN="$("${PROJECT_ROOT}/scripts/build_llama_server.sh" --find)" \
+      || die "llama-server is not built yet: run 'make setup' (or set LLAMA_SERVER_BIN)"
+    export LLAMA_SERVER_BIN
+  fi
+}
+
+wait_for_supervisord() {
+  local deadline=$((SECONDS + 15))
+  until supervisord_running; do
+    ((SECONDS < deadline)) || die "supervisord did not come up; see ${LOG_DIR}/supervisord.log"
+    sleep 0.2
+  done
+}
+
+main() {
+  local foreground=0 dry_run=0
+  while (($#)); do
+    case "$1" in
+      --env-file)
+        [[ $# -ge 2 ]] || die "--env-file needs a file"
+        [[ -f "$2" ]] || die "--env-file: $2 does not exist"
+        ENV_FILE="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
+        shift
+        ;;
+      --foreground) foreground=1 ;;
+      --dry-run) dry_run=1 ;;
+      -h | --help) usage; exit 0 ;;
+      *) usage >&2; die "unknown argument: $1" ;;
+    esac
+    shift
+  done
+  [[ "${DEPLOY_TRACE:-0}" == 1 ]] && set -x
+
+  load_settings --check-api
+  mkdir -p "$DATA_DIR" "$LOG_DIR"
+  chmod 700 "$DATA_DIR"
+  [[ "$DEPLOY_MODE" == local ]] && prepare_local_mode
+
+  local enabled=()
+  local var
+  for var in TEMPORAL MINIO LLAMA WEB; do
+    local flag="AUTOSTART_${var}"
+    [[ "${!flag}" == true ]] && enabled+=("${var,,}")
+  done
+  log "mode ${DEPLOY_MODE}: fastapi ${enabled[*]} (workers start on demand); data in ${DATA_DIR}"
+
+  if ((dry_run)); then
+    log "dry run: would start ${INSTANCE_VENV}/bin/supervisord -c ${SUPERVISOR_CONF}"
+    return 0
+  fi
+  if supervisord_running; then
+    log "supervisord already running; applying configuration changes"
+    supervisorctl_cmd update >&2
+    return 0
+  fi
+  rm -f "$SUPERVISOR_SOCKET"
+  if ((foreground)); then
+    exec "${INSTANCE_VENV}/bin/supervisord" -n -c "$SUPERVISOR_CONF"
+  fi
+  "${INSTANCE_VENV}/bin/supervisord" -c "$SUPERVISOR_CONF"
+  wait_for_supervisord
+  log "supervisord running (pid $(cat "${DATA_DIR}/supervisord.pid")); logs in ${LOG_DIR}"
+}
+
+main "$@"

@@ -1,0 +1,1 @@
+"""Temporal workers: `python -m workers --queue cpu|gpu`."""

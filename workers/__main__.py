@@ -1,0 +1,142 @@
+"""Worker entry point: `python -m workers --queue cpu|gpu`.
+
+Polls its task queue until SIGTERM (graceful shutdown, exit 0) or until it has been idle for
+WORKER_IDLE_EXIT_SECONDS (exit 0, so supervisord leaves it stopped). Any other exit is a
+crash and supervisord restarts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from app.core.config import Settings, load_settings_or_exit
+from app.core.logging import configure_logging
+from app.services.temporal import connect_temporal
+from workers.idle import IdleTracker
+from workers.registry import build_registry
+
+logger = logging.getLogger("workers")
+
+# supervisord's stopwaitsecs for workers is 30 s: finish in-flight work well within it.
+GRACEFUL_SHUTDOWN = timedelta(seconds=20)
+CONNECT_ATTEMPTS_SECONDS = 60.0
+IDLE_CHECK_SECONDS = 1.0
+RUNNING_WORKFLOWS_CHECK_SECONDS = 10.0
+
+
+async def connect_with_retry(settings: Settings, identity: str) -> Client:
+    deadline = asyncio.get_running_loop().time() + CONNECT_ATTEMPTS_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            return await connect_temporal(settings, identity=identity)
+        except Exception as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise SystemExit(
+                    f"error: Temporal at {settings.TEMPORAL_ADDRESS} unreachable for "
+                    f"{CONNECT_ATTEMPTS_SECONDS:g}s: {exc}"
+                ) from exc
+            logger.warning("Temporal not reachable yet (%s); retrying", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def has_running_workflows(client: Client, task_queue: str) -> bool:
+    """Workflows in progress on this queue still need this worker for their next steps."""
+    try:
+        count = await client.count_workflows(
+            f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
+        )
+    except Exception as exc:  # visibility trouble must not keep a worker forever
+        logger.debug("could not count running workflows: %s", exc)
+        return False
+    return count.count > 0
+
+
+async def wait_until_idle(
+    tracker: IdleTracker, idle_seconds: float, client: Client, task_queue: str, runs_workflows: bool
+) -> None:
+    last_workflow_check = 0.0
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(IDLE_CHECK_SECONDS)
+        if runs_workflows and loop.time() - last_workflow_check >= RUNNING_WORKFLOWS_CHECK_SECONDS:
+            last_workflow_check = loop.time()
+            if await has_running_workflows(client, task_queue):
+                tracker.touch()
+        if tracker.idle_seconds() >= idle_seconds:
+            return
+
+
+async def run(queue: str, settings: Settings) -> int:
+    task_queue = settings.task_queues[queue]
+    identity = f"worker-{queue}@{socket.gethostname()}:{os.getpid()}"
+    client = await connect_with_retry(settings, identity)
+    registry = build_registry(queue, settings)
+    tracker = IdleTracker()
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        workflows=registry.workflows,
+        activities=registry.activities,
+        interceptors=[tracker],
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        max_concurrent_activities=registry.max_concurrent_activities,
+        activity_executor=registry.activity_executor,
+        identity=identity,
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    logger.info("worker %s polling %s", identity, task_queue)
+    worker_task = asyncio.create_task(worker.run())
+    stop_task = asyncio.create_task(stop.wait())
+    waiters: set[asyncio.Task[object]] = {worker_task, stop_task}
+    idle_limit = settings.WORKER_IDLE_EXIT_SECONDS
+    if idle_limit > 0:
+        waiters.add(
+            asyncio.create_task(
+                wait_until_idle(tracker, idle_limit, client, task_queue, bool(registry.workflows))
+            )
+        )
+    done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    if worker_task in done:
+        worker_task.result()  # the worker failed by itself: raise, exit non-zero
+        return 1
+    if stop_task in done:
+        logger.info("stop requested; finishing in-flight work (up to %s)", GRACEFUL_SHUTDOWN)
+    else:
+        logger.info("idle for %ss; exiting", idle_limit)
+    for task in pending:
+        if task is not worker_task:
+            task.cancel()
+    await worker.shutdown()
+    await worker_task
+    await registry.close()
+    logger.info("worker %s stopped", identity)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a Temporal worker for one task queue.")
+    parser.add_argument("--queue", choices=("cpu", "gpu"), required=True)
+    args = parser.parse_args(argv)
+    settings = load_settings_or_exit()
+    configure_logging(settings.LOG_LEVEL)
+    return asyncio.run(run(args.queue, settings))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

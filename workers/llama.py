@@ -1,0 +1,135 @@
+"""The llama-server client the GPU worker drives.
+
+It sends exactly as many concurrent requests as llama-server has slots (read from /props),
+turns each answer into an OpenAI batch output line, and tells permanent failures (the
+request itself is wrong: a 4xx) from transient ones (connection refused, 503 while the
+model loads, timeouts, 5xx). Transient failures are retried here, per request, with
+backoff: retrying the whole activity instead would redo every finished request of its
+shard. While llama-server stays down the caller keeps heartbeating, so nothing times out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class LlamaUnavailable(Exception):
+    """llama-server did not answer successfully for longer than the retry budget."""
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+def output_line(
+    custom_id: str, status_code: int, body: Any, request_id: str, error: dict[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "id": f"batch_req_{uuid.uuid4().hex}",
+        "custom_id": custom_id,
+        "response": {"status_code": status_code, "request_id": request_id, "body": body},
+        "error": error,
+    }
+
+
+def _error_message(body: Any, status_code: int) -> str:
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+    return f"llama-server answered HTTP {status_code}"
+
+
+class LlamaClient:
+    def __init__(
+        self,
+        base_url: str,
+        request_timeout: float = 600.0,
+        retry_budget_seconds: float = 600.0,
+    ) -> None:
+        self.base_url = base_url
+        self.retry_budget_seconds = retry_budget_seconds
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(request_timeout, connect=5.0),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
+        )
+        self._slots = 0
+        self._semaphore = asyncio.Semaphore(1)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def slots(self, refresh: bool = False) -> int:
+        """llama-server's slot count; waits (with the retry budget) while it is down."""
+        if self._slots and not refresh:
+            return self._slots
+
+        async def fetch() -> httpx.Response:
+            return await self._http.get("/props", timeout=5.0)
+
+        response = await self._with_retries(fetch, "GET /props")
+        slots = int(response.json().get("total_slots") or 1)
+        if slots != self._slots:
+            logger.info("llama-server at %s has %d slot(s)", self.base_url, slots)
+            self._slots = slots
+            self._semaphore = asyncio.Semaphore(slots)
+        return slots
+
+    async def _with_retries(
+        self, send: Callable[[], Awaitable[httpx.Response]], what: str
+    ) -> httpx.Response:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_budget_seconds
+        delay = 0.25
+        while True:
+            try:
+                response = await send()
+                if response.status_code not in TRANSIENT_STATUS:
+                    return response
+                problem = f"HTTP {response.status_code}"
+            except httpx.TransportError as exc:  # refused, reset, timeouts
+                problem = repr(exc)
+            if loop.time() + delay > deadline:
+                raise LlamaUnavailable(
+                    f"{what}: llama-server at {self.base_url} failing for "
+                    f"{self.retry_budget_seconds:g}s, last: {problem}"
+                )
+            logger.warning("%s: %s; retrying in %.1fs", what, problem, delay)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 5.0)
+
+    async def run(self, custom_id: str, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One request → one output line (`error` set when the request itself failed)."""
+        await self.slots()
+        request_id = new_request_id()
+
+        async def send() -> httpx.Response:
+            async with self._semaphore:
+                return await self._http.post(url, json=body)
+
+        response = await self._with_retries(send, f"{custom_id}: POST {url}")
+        try:
+            payload: Any = response.json()
+        except ValueError:
+            payload = {"error": {"message": response.text[:2000]}}
+        if response.status_code == 200:
+            return output_line(custom_id, 200, payload, request_id, None)
+        error = {
+            "code": f"llama_http_{response.status_code}",
+            "message": _error_message(payload, response.status_code),
+        }
+        return output_line(custom_id, response.status_code, payload, request_id, error)

@@ -1,0 +1,226 @@
+"""The batch workflow: split → run shards through a sliding window → merge.
+
+Progress is published in the workflow's memo, which the API reads with a describe call, so
+`GET /batch/{id}` answers even while no worker runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.workflow import ActivityCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from workers.activities.batch_io import BatchIOActivities
+    from workers.activities.inference import InferenceActivities
+    from workers.shared.models import (
+        BATCH_WORKFLOW,
+        BatchInput,
+        BatchProgress,
+        BatchResult,
+        MergeInput,
+        MergeResult,
+        ShardInput,
+        ShardResult,
+        SplitInput,
+        errors_key,
+        output_key,
+    )
+
+# Past this many events a run continues as new even if the server has not suggested it,
+# keeping every run far below Temporal's 10,240-event warning.
+MAX_HISTORY_EVENTS = 8_000
+
+IO_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=20,
+    non_retryable_error_types=["InputNotFound"],
+)
+# A shard is retried until it succeeds: its failures are all transient (a killed worker,
+# llama-server down); a request that is itself wrong is an error line, not a failure.
+SHARD_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
+IO_TIMEOUT = timedelta(hours=2)
+IO_HEARTBEAT = timedelta(seconds=60)
+SHARD_TIMEOUT = timedelta(hours=2)
+SHARD_HEARTBEAT = timedelta(seconds=15)
+
+
+@workflow.defn(name=BATCH_WORKFLOW)
+class BatchWorkflow:
+    def __init__(self) -> None:
+        self._memo: dict[str, Any] = {}
+
+    def _publish(self, **changes: Any) -> None:
+        self._memo.update(changes)
+        workflow.upsert_memo(changes)
+
+    def _counts(self, progress: BatchProgress) -> dict[str, int]:
+        return {
+            "total": progress.total,
+            "completed": progress.completed,
+            "failed": progress.failed,
+        }
+
+    @workflow.run
+    async def run(self, params: BatchInput) -> BatchResult:
+        # Keep what the API (or the previous run) put in the memo, to carry it on.
+        self._memo = {key: workflow.memo_value(key) for key in workflow.memo()}
+        progress = params.progress or BatchProgress()
+        try:
+            if params.progress is None:
+                progress = await self._split(params)
+                if progress.total - progress.invalid == 0:
+                    await self._fail_without_valid_lines(params, progress)
+            self._publish(status="in_progress", request_counts=self._counts(progress))
+            if await self._run_shards(params, progress):
+                workflow.continue_as_new(replace(params, progress=progress), memo=self._memo)
+            self._publish(status="finalizing", finalizing_at=self._now())
+            merged = await self._merge(params, progress, "completed")
+        except asyncio.CancelledError:
+            self._publish(status="cancelling", cancelling_at=self._now())
+            merged = await self._merge(params, progress, "cancelled")
+            self._publish(
+                status="cancelled",
+                cancelled_at=self._now(),
+                request_counts=self._merged_counts(progress, merged),
+            )
+            raise
+        self._publish(
+            status="completed",
+            completed_at=self._now(),
+            request_counts=self._merged_counts(progress, merged),
+        )
+        return BatchResult(
+            batch_id=params.batch_id,
+            status="completed",
+            total=progress.total,
+            completed=merged.completed,
+            failed=merged.failed,
+            output_key=merged.output_key,
+            error_key=merged.error_key,
+        )
+
+    @staticmethod
+    def _merged_counts(progress: BatchProgress, merged: MergeResult) -> dict[str, int]:
+        return {"total": progress.total, "completed": merged.completed, "failed": merged.failed}
+
+    async def _fail_without_valid_lines(self, params: BatchInput, progress: BatchProgress) -> None:
+        await self._merge(params, progress, "failed")
+        first = self._memo.get("first_error") or "the input is empty"
+        message = f"no valid request line in {progress.total} line(s); first problem: {first}"
+        self._publish(
+            status="failed",
+            error=message,
+            failed_at=self._now(),
+            request_counts={"total": progress.total, "completed": 0, "failed": progress.failed},
+        )
+        raise ApplicationError(message, type="NoValidLines", non_retryable=True)
+
+    @staticmethod
+    def _now() -> int:
+        return int(workflow.now().timestamp())
+
+    async def _split(self, params: BatchInput) -> BatchProgress:
+        self._publish(status="validating")
+        split = await workflow.execute_activity_method(
+            BatchIOActivities.split_input,
+            SplitInput(
+                batch_id=params.batch_id,
+                bucket=params.bucket,
+                input_key=params.input_key,
+                endpoint=params.endpoint,
+                defaults=params.defaults,
+                shard_size=params.shard_size,
+            ),
+            start_to_close_timeout=IO_TIMEOUT,
+            heartbeat_timeout=IO_HEARTBEAT,
+            retry_policy=IO_RETRY,
+        )
+        if split.first_error:
+            self._publish(first_error=split.first_error)
+        self._publish(shard_count=split.shard_count, in_progress_at=self._now())
+        return BatchProgress(
+            total=split.total,
+            invalid=split.invalid,
+            shard_count=split.shard_count,
+            failed=split.invalid,
+        )
+
+    def _history_is_long(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= MAX_HISTORY_EVENTS
+        )
+
+    async def _run_shards(self, params: BatchInput, progress: BatchProgress) -> bool:
+        """Runs shards with at most `window` in flight; True when the run should continue
+        as new (history long, window drained, shards left)."""
+        in_flight: dict[workflow.ActivityHandle[ShardResult], int] = {}
+        try:
+            while progress.next_shard < progress.shard_count or in_flight:
+                stop_scheduling = self._history_is_long()
+                while (
+                    not stop_scheduling
+                    and len(in_flight) < params.window
+                    and progress.next_shard < progress.shard_count
+                ):
+                    shard = progress.next_shard
+                    task = workflow.start_activity_method(
+                        InferenceActivities.run_shard,
+                        ShardInput(batch_id=params.batch_id, bucket=params.bucket, shard=shard),
+                        task_queue=params.gpu_task_queue,
+                        start_to_close_timeout=SHARD_TIMEOUT,
+                        heartbeat_timeout=SHARD_HEARTBEAT,
+                        retry_policy=SHARD_RETRY,
+                        cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                        summary=f"shard {shard}",
+                    )
+                    in_flight[task] = shard
+                    progress.next_shard += 1
+                if not in_flight:
+                    return True
+                done, _ = await workflow.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    del in_flight[task]
+                    result = task.result()
+                    progress.completed += result.completed
+                    progress.failed += result.failed
+                self._publish(request_counts=self._counts(progress))
+        except asyncio.CancelledError:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await workflow.wait(list(in_flight))
+            raise
+        return False
+
+    async def _merge(self, params: BatchInput, progress: BatchProgress, status: str) -> MergeResult:
+        merged: MergeResult = await workflow.execute_activity_method(
+            BatchIOActivities.merge_results,
+            MergeInput(
+                batch_id=params.batch_id,
+                bucket=params.bucket,
+                shard_count=progress.shard_count,
+                status=status,
+                total=progress.total,
+                created_at=params.created_at,
+            ),
+            start_to_close_timeout=IO_TIMEOUT,
+            heartbeat_timeout=IO_HEARTBEAT,
+            retry_policy=IO_RETRY,
+        )
+        self._publish(output_key=output_key(params.batch_id), error_key=errors_key(params.batch_id))
+        return merged
