@@ -91,7 +91,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             message = f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
         else:
-            message = f"{_location(tuple(first.get('loc', ())))}: {first.get('msg')}"
+            detail = str(first.get("msg", "")).removeprefix("Value error, ")
+            message = f"{_location(tuple(first.get('loc', ())))}: {detail}"
         return error_response(400, "invalid_request_error", message.strip().rstrip(":"))
 
     @app.exception_handler(StarletteHTTPException)

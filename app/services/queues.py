@@ -8,6 +8,7 @@ from typing import Any
 
 from app.core.config import Settings
 from app.services.supervisor import (
+    RUNNING_STATES,
     WORKER_PROGRAMS,
     SupervisorControl,
     SupervisorUnavailable,
@@ -76,10 +77,17 @@ class Reconciler:
         if not self.supervisor.socket_path.exists():
             return []
         started: list[str] = []
-        states = await queue_states(self.settings, self.temporal)
+        states, programs = await asyncio.gather(
+            queue_states(self.settings, self.temporal), _program_states(self.supervisor)
+        )
         for queue, state in states.items():
-            if state.backlog > 0 and not state.live_pollers(self.settings.POLLER_LIVE_SECONDS):
-                result = await self.supervisor.start(WORKER_PROGRAMS[queue])
+            program = WORKER_PROGRAMS[queue]
+            # The server lists a worker that just exited as a poller for a while: a local
+            # program that is not running needs starting whatever the poller list says.
+            locally_stopped = programs is not None and programs.get(program) not in RUNNING_STATES
+            no_live_poller = not state.live_pollers(self.settings.POLLER_LIVE_SECONDS)
+            if state.backlog > 0 and (no_live_poller or locally_stopped):
+                result = await self.supervisor.start(program)
                 if result.outcome == "started":
                     logger.info(
                         "reconciler: %s has %d waiting task(s) and no live poller; started %s",

@@ -1,0 +1,91 @@
+"""Crashes only delay a batch: every custom_id comes back exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tests.support import batches
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+ITEMS = 1200
+SHARD = 100
+
+
+def start_batch(stack: Stack, prefix: str) -> dict:
+    items = batches.chat_items(ITEMS, prefix=prefix, max_tokens=16)
+    batch = batches.submit(stack, items=items, shard_size=SHARD)
+    batches.wait_until(
+        stack,
+        batch["id"],
+        lambda b: b["status"] == "in_progress" and b["request_counts"]["completed"] >= SHARD,
+        timeout=120,
+    )
+    return batch
+
+
+def assert_complete(stack: Stack, batch_id: str, prefix: str) -> None:
+    done = batches.wait_terminal(stack, batch_id, timeout=300)
+    assert done["status"] == "completed", done
+    assert done["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0}
+    batches.assert_exactly_once(
+        batches.results(stack, batch_id), {f"{prefix}{i}" for i in range(ITEMS)}
+    )
+    assert batches.errors(stack, batch_id) == []
+
+
+def test_sigkill_of_the_gpu_worker_mid_batch_loses_nothing(stack: Stack) -> None:
+    batch = start_batch(stack, "k")
+    pid = stack.program_pid("worker-gpu")
+    assert pid > 0
+    os.kill(pid, signal.SIGKILL)
+    assert_complete(stack, batch["id"], "k")
+
+
+def test_sigkill_of_the_cpu_worker_mid_batch_loses_nothing(stack: Stack) -> None:
+    batch = start_batch(stack, "c")
+    pid = stack.program_pid("worker-cpu")
+    assert pid > 0
+    os.kill(pid, signal.SIGKILL)
+    assert_complete(stack, batch["id"], "c")
+
+
+def test_llama_server_restart_mid_batch_loses_nothing(stack: Stack) -> None:
+    batch = start_batch(stack, "l")
+    assert "llama: stopped" in stack.supervisorctl("restart", "llama")
+    assert_complete(stack, batch["id"], "l")
+    stack.wait_healthy(60)
+
+
+def test_api_restart_mid_batch_keeps_status_right(stack: Stack) -> None:
+    batch = start_batch(stack, "a")
+    before = batches.get(stack, batch["id"])
+    assert "fastapi: started" in stack.supervisorctl("restart", "fastapi")
+    stack.wait_healthy(60)
+    after = batches.get(stack, batch["id"])
+    assert after["status"] in ("in_progress", "finalizing", "completed")
+    assert after["request_counts"]["completed"] >= before["request_counts"]["completed"]
+    assert after["created_at"] == before["created_at"]
+    assert_complete(stack, batch["id"], "a")
+
+
+def test_cancel_mid_batch_keeps_finished_results(stack: Stack) -> None:
+    batch = start_batch(stack, "x")
+    response = stack.http.post(f"/batch/{batch['id']}/cancel")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "cancelling"
+    done = batches.wait_terminal(stack, batch["id"], timeout=120)
+    assert done["status"] == "cancelled", done
+    counts = done["request_counts"]
+    assert SHARD <= counts["completed"] < ITEMS
+    output = batches.results(stack, batch["id"])
+    assert len(output) == counts["completed"]
+    ids = [line["custom_id"] for line in output]
+    assert len(ids) == len(set(ids))
+    again = stack.http.post(f"/batch/{batch['id']}/cancel")
+    assert again.status_code == 409
+    assert "already cancelled" in again.json()["error"]["message"]
