@@ -78,6 +78,8 @@ class BatchInput:
     gpu_task_queue: str = "llm-batch-gpu"
     created_at: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
+    # A run continues as new past this many history events (or when the server suggests).
+    max_history_events: int = 8_000
     progress: BatchProgress | None = None
 
 

@@ -33,10 +33,6 @@ with workflow.unsafe.imports_passed_through():
         output_key,
     )
 
-# Past this many events a run continues as new even if the server has not suggested it,
-# keeping every run far below Temporal's 10,240-event warning.
-MAX_HISTORY_EVENTS = 8_000
-
 IO_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -158,12 +154,12 @@ class BatchWorkflow:
             failed=split.invalid,
         )
 
-    def _history_is_long(self) -> bool:
+    @staticmethod
+    def _history_is_long(limit: int) -> bool:
+        """Past `limit` events (default 8,000, far below Temporal's 10,240-event warning) a
+        run continues as new even if the server has not suggested it yet."""
         info = workflow.info()
-        return (
-            info.is_continue_as_new_suggested()
-            or info.get_current_history_length() >= MAX_HISTORY_EVENTS
-        )
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() >= limit
 
     async def _run_shards(self, params: BatchInput, progress: BatchProgress) -> bool:
         """Runs shards with at most `window` in flight; True when the run should continue
@@ -171,7 +167,7 @@ class BatchWorkflow:
         in_flight: dict[workflow.ActivityHandle[ShardResult], int] = {}
         try:
             while progress.next_shard < progress.shard_count or in_flight:
-                stop_scheduling = self._history_is_long()
+                stop_scheduling = self._history_is_long(params.max_history_events)
                 while (
                     not stop_scheduling
                     and len(in_flight) < params.window

@@ -186,7 +186,9 @@ function showDown(result) {
   const banner = document.getElementById("banner");
   document.getElementById("banner-title").textContent =
     offline ? "Dashboard server unreachable" : "API unreachable";
-  document.getElementById("banner-message").textContent = result.message +
+  // The title already says what is down; the message adds where and why.
+  const detail = result.message.replace(/^API unreachable:\s*/, "");
+  document.getElementById("banner-message").textContent = detail +
     (lastSuccess ? ` — showing data from ${clock(lastSuccess)}, retrying…` : " — retrying…");
   banner.hidden = false;
   document.getElementById("content").classList.add("stale");

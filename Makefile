@@ -1,0 +1,53 @@
+# Local development on the embedded default: tiny CPU model, local Temporal, local S3.
+# `make up` and `make test` do all their set-up themselves (scripts/setup.sh).
+
+SHELL := bash
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+# The stack runs from the project's virtualenv locally (the image's /opt/venv on the box).
+export INSTANCE_VENV ?= $(abspath $(VENV))
+PYTEST_ARGS ?=
+
+.PHONY: help setup up demo down status logs test test-unit lint bench bench-scale clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: ## Virtualenv, requirements, llama-server build (cached), tiny model, system packages
+	@bash scripts/setup.sh
+
+$(PYTHON):
+	@bash scripts/setup.sh
+
+up: $(PYTHON) ## Start the whole stack locally and wait until /health is ok
+	@bash scripts/up.sh
+
+demo: up ## `make up`, then run the sample batch in examples/ and show its output
+	@$(PYTHON) scripts/run_example.py examples/sample_batch.jsonl
+
+down: ## Stop every service (no process left behind)
+	@bash scripts/stop_services.sh
+
+status: ## supervisord's view of every program
+	@bash scripts/supervisorctl.sh status || true
+
+logs: ## Follow the API and worker logs
+	@tail -n 50 -F data/logs/fastapi.log data/logs/worker-cpu.log data/logs/worker-gpu.log
+
+test: setup ## Run every test (unit, integration, end-to-end) against real servers
+	@$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(PYTHON) ## Only the fast unit tests
+	@$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(PYTHON) ## hadolint, shellcheck, workflow schema, ruff, mypy
+	@VENV=$(VENV) bash scripts/lint.sh
+
+bench: setup ## Throughput: pipeline vs direct llama-server, cold start, /process overhead
+	@$(PYTHON) bench/throughput.py
+
+bench-scale: setup ## 100,000 lines through one batch: memory and history length
+	@$(PYTHON) bench/scale.py
+
+clean: down ## Stop everything and delete local data (S3 objects, Temporal history, logs)
+	rm -rf data

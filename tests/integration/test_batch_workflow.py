@@ -1,0 +1,180 @@
+"""The batch workflow on a real Temporal dev server, its activities replaced under their
+real names: the window, continue-as-new, failure without valid lines, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from temporalio import activity
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from workers.shared.models import (
+    BatchInput,
+    BatchResult,
+    MergeInput,
+    MergeResult,
+    ShardInput,
+    ShardResult,
+    SplitInput,
+    SplitResult,
+)
+from workers.workflows.batch import BatchWorkflow
+
+VENV_BIN = Path(__import__("sys").executable).parent
+SHARD_ITEMS = 10
+
+
+class FakeActivities:
+    def __init__(self, shards: int, invalid: int = 0, shard_delay: float = 0.0) -> None:
+        self.shards = shards
+        self.invalid = invalid
+        self.shard_delay = shard_delay
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.shard_runs: list[int] = []
+        self.merges: list[MergeInput] = []
+
+    @activity.defn(name="split_input")
+    async def split_input(self, params: SplitInput) -> SplitResult:
+        total = self.shards * SHARD_ITEMS + self.invalid
+        return SplitResult(
+            total=total,
+            valid=total - self.invalid,
+            invalid=self.invalid,
+            shard_count=self.shards,
+            first_error="line 1: missing 'custom_id'" if self.invalid else "",
+        )
+
+    @activity.defn(name="run_shard")
+    async def run_shard(self, params: ShardInput) -> ShardResult:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.shard_delay)
+            self.shard_runs.append(params.shard)
+            return ShardResult(shard=params.shard, completed=SHARD_ITEMS - 1, failed=1)
+        finally:
+            self.in_flight -= 1
+
+    @activity.defn(name="merge_results")
+    async def merge_results(self, params: MergeInput) -> MergeResult:
+        self.merges.append(params)
+        done = len(self.shard_runs)
+        return MergeResult(
+            completed=done * (SHARD_ITEMS - 1),
+            failed=done + self.invalid,
+            output_key="out",
+            error_key="err",
+        )
+
+
+@pytest.fixture(scope="module")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    environment = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(VENV_BIN / "temporal"),
+        dev_server_extra_args=["--dynamic-config-value", "frontend.enableServerVersionCheck=false"],
+    )
+    try:
+        yield environment
+    finally:
+        await environment.shutdown()
+
+
+async def run_batch(
+    env: WorkflowEnvironment, fakes: FakeActivities, **overrides: object
+) -> tuple[str, str, asyncio.Task[BatchResult]]:
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    batch_id = f"batch_{uuid.uuid4().hex}"
+    params = BatchInput(
+        batch_id=batch_id,
+        bucket="b",
+        input_key="in",
+        gpu_task_queue=queue,
+        metadata={"project": "unit"},
+        **overrides,  # type: ignore[arg-type]
+    )
+    handle = await env.client.start_workflow(
+        BatchWorkflow.run,
+        params,
+        id=batch_id,
+        task_queue=queue,
+        memo={"created_at": 123, "metadata": {"project": "unit"}},
+    )
+    return queue, batch_id, asyncio.ensure_future(handle.result())
+
+
+def worker(env: WorkflowEnvironment, queue: str, fakes: FakeActivities) -> Worker:
+    return Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[BatchWorkflow],
+        activities=[fakes.split_input, fakes.run_shard, fakes.merge_results],
+        activity_executor=ThreadPoolExecutor(4),
+    )
+
+
+async def test_shards_run_once_each_within_the_window(env: WorkflowEnvironment) -> None:
+    fakes = FakeActivities(shards=12, shard_delay=0.05)
+    queue, batch_id, result = await run_batch(env, fakes, window=3)
+    async with worker(env, queue, fakes):
+        outcome = await result
+    assert sorted(fakes.shard_runs) == list(range(12))
+    assert fakes.max_in_flight == 3
+    assert outcome.completed == 12 * (SHARD_ITEMS - 1)
+    assert [m.status for m in fakes.merges] == ["completed"]
+    memo = await (await env.client.get_workflow_handle(batch_id).describe()).memo()
+    assert memo["status"] == "completed"
+    assert memo["request_counts"] == {"total": 120, "completed": 108, "failed": 12}
+
+
+async def test_long_histories_continue_as_new_and_keep_the_memo(env: WorkflowEnvironment) -> None:
+    fakes = FakeActivities(shards=30)
+    queue, batch_id, result = await run_batch(env, fakes, window=4, max_history_events=60)
+    async with worker(env, queue, fakes):
+        outcome = await result
+    assert sorted(fakes.shard_runs) == list(range(30)), "every shard exactly once"
+    assert outcome.total == 300
+    runs = [
+        execution async for execution in env.client.list_workflows(f"WorkflowId = '{batch_id}'")
+    ]
+    assert len(runs) >= 2
+    assert sum(r.status == WorkflowExecutionStatus.CONTINUED_AS_NEW for r in runs) == len(runs) - 1
+    latest = await env.client.get_workflow_handle(batch_id).describe()
+    memo = await latest.memo()
+    assert memo["created_at"] == 123 and memo["metadata"] == {"project": "unit"}
+    assert memo["status"] == "completed"
+
+
+async def test_no_valid_line_fails_with_the_first_problem(env: WorkflowEnvironment) -> None:
+    fakes = FakeActivities(shards=0, invalid=3)
+    queue, _, result = await run_batch(env, fakes)
+    async with worker(env, queue, fakes):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await result
+    message = str(failure.value.cause)
+    assert "no valid request line in 3 line(s)" in message
+    assert "line 1: missing 'custom_id'" in message
+
+
+async def test_cancel_merges_what_finished(env: WorkflowEnvironment) -> None:
+    fakes = FakeActivities(shards=50, shard_delay=0.2)
+    queue, batch_id, result = await run_batch(env, fakes, window=2)
+    async with worker(env, queue, fakes):
+        while len(fakes.shard_runs) < 2:
+            await asyncio.sleep(0.05)
+        await env.client.get_workflow_handle(batch_id).cancel()
+        with pytest.raises(WorkflowFailureError):
+            await result
+    description = await env.client.get_workflow_handle(batch_id).describe()
+    assert description.status == WorkflowExecutionStatus.CANCELED
+    assert [m.status for m in fakes.merges] == ["cancelled"]
+    memo = await description.memo()
+    assert memo["status"] == "cancelled"
+    assert len(fakes.shard_runs) < 50

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from app.core.config import PROJECT_ROOT, Settings, SettingsError, load_settings, main
+
+
+@pytest.fixture
+def env_file(tmp_path: Path) -> Path:
+    return tmp_path / "test.env"
+
+
+def load(env_file: Path, monkeypatch: pytest.MonkeyPatch, **values: str) -> Settings:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    return load_settings(env_file)
+
+
+def test_defaults_and_local_mode_defaults(env_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load(env_file, monkeypatch)
+    assert settings.DEPLOY_MODE == "hybrid"
+    assert settings.autostart_programs == {
+        "fastapi": True,
+        "worker-cpu": False,
+        "worker-gpu": False,
+        "llama": False,
+        "web": False,
+        "temporal": False,
+        "minio": False,
+    }
+    local = load(env_file, monkeypatch, DEPLOY_MODE="local")
+    assert local.LLAMA_MODEL == "models/tiny-llama.gguf"
+    assert all(local.autostart_programs[p] for p in ("llama", "web", "temporal", "minio"))
+    assert local.supervisor_socket == PROJECT_ROOT / "data" / "supervisor.sock"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("API_PORT", "abc", "API_PORT: Input should be a valid integer"),
+        ("API_PORT", "70000", "API_PORT: Input should be less than or equal to 65535"),
+        ("DEPLOY_MODE", "cloud", "DEPLOY_MODE: Input should be 'hybrid', 'standalone' or 'local'"),
+        ("TEMPORAL_ADDRESS", "temporal", "TEMPORAL_ADDRESS: expected host:port"),
+        ("MINIO_ENDPOINT", "http://x:9000", "MINIO_ENDPOINT: expected host:port"),
+        ("MINIO_BUCKET", "A", "MINIO_BUCKET: expected an S3 bucket name"),
+        ("LLAMA_URL", "localhost:8080", "LLAMA_URL: expected http://host:port"),
+        ("TEMPORAL_TLS", "maybe", "TEMPORAL_TLS: Input should be a valid boolean"),
+        ("LLAMA_PARALLEL", "0", "LLAMA_PARALLEL: Input should be greater than or equal to 1"),
+    ],
+)
+def test_bad_values_name_the_variable(
+    env_file: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    with pytest.raises(SettingsError) as error:
+        load(env_file, monkeypatch, **{name: value})
+    assert str(error.value).startswith(expected), str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_secrets_are_never_echoed(env_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load(env_file, monkeypatch, API_KEY="s3cr3t-value", MINIO_SECRET_KEY="m1n10-key")
+    assert "s3cr3t-value" not in repr(settings) and "m1n10-key" not in repr(settings)
+    assert settings.launcher_environment()["API_KEY"] == "s3cr3t-value"
+
+
+def test_public_api_needs_a_key(env_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError, match="API_HOST: refusing to listen on 0.0.0.0"):
+        load(env_file, monkeypatch, API_HOST="0.0.0.0").check_api_binding()
+    load(env_file, monkeypatch, API_HOST="0.0.0.0", API_KEY="k").check_api_binding()
+    load(env_file, monkeypatch, API_HOST="127.0.0.1").check_api_binding()
+
+
+def test_shell_export_quotes_values(
+    env_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load(env_file, monkeypatch)
+    env_file.write_text("LLAMA_EXTRA_ARGS=\"-ngl 99 --alias 'it''s' $HOME\"\n")
+    assert main(["--env-file", str(env_file), "--shell"]) == 0
+    out = capsys.readouterr().out
+    assert "export AUTOSTART_FASTAPI=true" in out
+    line = next(x for x in out.splitlines() if x.startswith("export LLAMA_EXTRA_ARGS="))
+    assert line == "export LLAMA_EXTRA_ARGS='-ngl 99 --alias '\"'\"'it'\"'\"''\"'\"'s'\"'\"' $HOME'"
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    text = (PROJECT_ROOT / ".env.example").read_text()
+    listed = dict(re.findall(r"^([A-Z_]+)=(.*)$", text, flags=re.M))
+    assert set(listed) == set(Settings.model_fields)
+    defaults = Settings.model_construct()
+    for name, value in listed.items():
+        default = getattr(defaults, name)
+        if hasattr(default, "get_secret_value"):
+            default = default.get_secret_value()
+        if isinstance(default, bool):
+            default = str(default).lower()
+        if default is None:
+            default = ""
+        if isinstance(default, float) and default.is_integer():
+            default = int(default)
+        assert value == str(default), f"{name}: .env.example says {value!r}, default {default!r}"
