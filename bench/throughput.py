@@ -1,0 +1,211 @@
+"""Pipeline throughput against llama-server itself, measured side by side in one run.
+
+    python bench/throughput.py [-n 2000] [--max-tokens 32] [--repeat 1]
+
+Boots its own stack (local mode, tiny model, free ports, temporary folder) unless --api and
+--llama point at a running one, then measures:
+
+  direct     N chat requests straight to llama-server at concurrency = its slot count
+  pipeline   the same N requests through POST /batch, from the POST to status completed
+  ratio      pipeline items/s ÷ direct items/s (target ≥ 0.9)
+  cold start POST /batch with both workers stopped → first result line readable
+  /process   latency of POST /process against a direct call (p50, p95, overhead)
+
+Direct and pipeline runs alternate (--repeat times) so both see the same machine load.
+Prints a table and writes the figures as JSON (--json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.stack import Stack, start_stack  # noqa: E402
+
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def prompts(count: int, max_tokens: int, tag: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "custom_id": f"{tag}-{i}",
+            "messages": [{"role": "user", "content": f"Write about item {i}."}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        }
+        for i in range(count)
+    ]
+
+
+async def direct(llama_url: str, items: list[dict[str, Any]]) -> tuple[float, int]:
+    async with httpx.AsyncClient(base_url=llama_url, timeout=120) as client:
+        slots = int((await client.get("/props")).json()["total_slots"])
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        for item in items:
+            queue.put_nowait(item)
+
+        async def drain() -> None:
+            while not queue.empty():
+                item = queue.get_nowait()
+                body = {k: v for k, v in item.items() if k != "custom_id"}
+                response = await client.post("/v1/chat/completions", json=body)
+                response.raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(drain() for _ in range(slots)))
+        return time.perf_counter() - started, slots
+
+
+def wait_batch(api: httpx.Client, batch_id: str, poll: float = 0.05) -> dict[str, Any]:
+    while True:
+        batch: dict[str, Any] = api.get(f"/batch/{batch_id}").json()
+        if batch["status"] in TERMINAL:
+            return batch
+        time.sleep(poll)
+
+
+def pipeline(api: httpx.Client, items: list[dict[str, Any]]) -> float:
+    started = time.perf_counter()
+    response = api.post("/batch", json={"items": items})
+    response.raise_for_status()
+    batch = wait_batch(api, response.json()["id"])
+    elapsed = time.perf_counter() - started
+    counts = batch["request_counts"]
+    if batch["status"] != "completed" or counts["completed"] != len(items):
+        raise SystemExit(f"pipeline batch did not complete cleanly: {batch}")
+    return elapsed
+
+
+def cold_start(api: httpx.Client, stack: Stack | None) -> dict[str, float] | None:
+    if stack is None:
+        return None
+    stack.supervisorctl("stop", "worker-cpu", "worker-gpu")
+    started = time.perf_counter()
+    batch_id = api.post("/batch", json={"items": prompts(1, 8, "cold")}).json()["id"]
+    while not api.get(f"/batch/{batch_id}/results").text.strip():
+        time.sleep(0.02)
+    first_result = time.perf_counter() - started
+    wait_batch(api, batch_id)
+    return {"first_result_s": first_result, "completed_s": time.perf_counter() - started}
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def process_latency(api: httpx.Client, llama_url: str, count: int) -> dict[str, float]:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0}
+    direct_ms: list[float] = []
+    process_ms: list[float] = []
+    with httpx.Client(base_url=llama_url, timeout=60) as llama:
+        for _ in range(count):
+            started = time.perf_counter()
+            llama.post("/v1/chat/completions", json=body).raise_for_status()
+            direct_ms.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            response = api.post("/process", json=body)
+            if response.status_code != 200:
+                raise SystemExit(f"/process answered {response.status_code}: {response.text}")
+            process_ms.append((time.perf_counter() - started) * 1000)
+    return {
+        "direct_p50_ms": statistics.median(direct_ms),
+        "direct_p95_ms": percentile(direct_ms, 95),
+        "process_p50_ms": statistics.median(process_ms),
+        "process_p95_ms": percentile(process_ms, 95),
+        "overhead_p50_ms": statistics.median(process_ms) - statistics.median(direct_ms),
+        "overhead_p95_ms": percentile(process_ms, 95) - percentile(direct_ms, 95),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--count", type=int, default=2000)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--process-calls", type=int, default=100)
+    parser.add_argument("--api", help="use a running API (default: boot a stack)")
+    parser.add_argument("--llama", help="llama-server URL of that running stack")
+    parser.add_argument("--api-key", default="")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+
+    stack: Stack | None = None
+    workdir = tempfile.TemporaryDirectory(prefix="bench-")
+    if args.api:
+        if not args.llama:
+            parser.error("--api needs --llama")
+        api_url, llama_url = args.api, args.llama
+    else:
+        print("booting a local stack ...", flush=True)
+        stack = start_stack(Path(workdir.name), WORKER_IDLE_EXIT_SECONDS="600")
+        api_url, llama_url = stack.api_url, stack.env["LLAMA_URL"]
+        print(f"stack healthy in {stack.started_seconds:.1f}s", flush=True)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    api = httpx.Client(base_url=api_url, headers=headers, timeout=120)
+    try:
+        figures: dict[str, Any] = {"n": args.count, "max_tokens": args.max_tokens}
+        cold = cold_start(api, stack)
+        # Warm both paths: workers polling, llama-server's caches and slots.
+        asyncio.run(direct(llama_url, prompts(40, args.max_tokens, "warm")))
+        pipeline(api, prompts(40, args.max_tokens, "warm"))
+        direct_s: list[float] = []
+        pipeline_s: list[float] = []
+        slots = 0
+        for run in range(args.repeat):
+            seconds, slots = asyncio.run(
+                direct(llama_url, prompts(args.count, args.max_tokens, f"d{run}"))
+            )
+            direct_s.append(seconds)
+            pipeline_s.append(pipeline(api, prompts(args.count, args.max_tokens, f"p{run}")))
+        direct_rate = args.count / statistics.median(direct_s)
+        pipeline_rate = args.count / statistics.median(pipeline_s)
+        figures.update(
+            slots=slots,
+            direct_items_per_s=direct_rate,
+            pipeline_items_per_s=pipeline_rate,
+            ratio=pipeline_rate / direct_rate,
+            direct_seconds=direct_s,
+            pipeline_seconds=pipeline_s,
+            cold_start=cold,
+            process=process_latency(api, llama_url, args.process_calls),
+        )
+    finally:
+        api.close()
+        if stack is not None:
+            stack.stop()
+        workdir.cleanup()
+
+    print(f"\n{args.count} chat requests, max_tokens {args.max_tokens}, {slots} slots")
+    print(f"  direct llama-server  {figures['direct_items_per_s']:8.1f} items/s")
+    print(f"  POST /batch          {figures['pipeline_items_per_s']:8.1f} items/s")
+    print(f"  ratio (batch/direct) {figures['ratio']:8.3f}   (target >= 0.9)")
+    if cold:
+        print(
+            f"  cold start: first result {cold['first_result_s']:.2f}s, "
+            f"completed {cold['completed_s']:.2f}s (workers stopped before the POST)"
+        )
+    p = figures["process"]
+    print(
+        f"  /process p50 {p['process_p50_ms']:.1f} ms vs direct {p['direct_p50_ms']:.1f} ms "
+        f"(overhead {p['overhead_p50_ms']:.1f} ms); p95 {p['process_p95_ms']:.1f} vs "
+        f"{p['direct_p95_ms']:.1f} ms (overhead {p['overhead_p95_ms']:.1f} ms)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
