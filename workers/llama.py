@@ -69,6 +69,7 @@ class LlamaClient:
         )
         self._slots = 0
         self._semaphore = asyncio.Semaphore(1)
+        self._slots_lock = asyncio.Lock()
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -77,7 +78,12 @@ class LlamaClient:
         """llama-server's slot count; waits (with the retry budget) while it is down."""
         if self._slots and not refresh:
             return self._slots
+        async with self._slots_lock:  # one /props call, however many requests wait on it
+            if self._slots and not refresh:
+                return self._slots
+            return await self._fetch_slots()
 
+    async def _fetch_slots(self) -> int:
         async def fetch() -> httpx.Response:
             return await self._http.get("/props", timeout=5.0)
 
