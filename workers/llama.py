@@ -14,7 +14,9 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -53,6 +55,47 @@ def _error_message(body: Any, status_code: int) -> str:
     return f"llama-server answered HTTP {status_code}"
 
 
+class SlotGate:
+    """At most `size` requests at once; urgent ones (single /process requests) are served
+    before the queued requests of batch shards, which would otherwise delay them by minutes."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._used = 0
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._bulk: deque[asyncio.Future[None]] = deque()
+
+    @asynccontextmanager
+    async def slot(self, urgent: bool = False) -> AsyncIterator[None]:
+        if self._used < self.size and not self._urgent and not self._bulk:
+            self._used += 1
+        else:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            queue = self._urgent if urgent else self._bulk
+            queue.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()  # the slot was handed over just as we were cancelled
+                elif waiter in queue:
+                    queue.remove(waiter)
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for queue in (self._urgent, self._bulk):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # hand the slot over; the count stays
+                    return
+        self._used -= 1
+
+
 class LlamaClient:
     def __init__(
         self,
@@ -68,7 +111,7 @@ class LlamaClient:
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
         )
         self._slots = 0
-        self._semaphore = asyncio.Semaphore(1)
+        self._gate = SlotGate(1)
         self._slots_lock = asyncio.Lock()
 
     async def close(self) -> None:
@@ -92,7 +135,7 @@ class LlamaClient:
         if slots != self._slots:
             logger.info("llama-server at %s has %d slot(s)", self.base_url, slots)
             self._slots = slots
-            self._semaphore = asyncio.Semaphore(slots)
+            self._gate.size = slots
         return slots
 
     async def _with_retries(
@@ -118,13 +161,15 @@ class LlamaClient:
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, 5.0)
 
-    async def run(self, custom_id: str, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def run(
+        self, custom_id: str, url: str, body: dict[str, Any], urgent: bool = False
+    ) -> dict[str, Any]:
         """One request → one output line (`error` set when the request itself failed)."""
         await self.slots()
         request_id = new_request_id()
 
         async def send() -> httpx.Response:
-            async with self._semaphore:
+            async with self._gate.slot(urgent):
                 return await self._http.post(url, json=body)
 
         response = await self._with_retries(send, f"{custom_id}: POST {url}")

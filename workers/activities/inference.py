@@ -96,7 +96,9 @@ class InferenceActivities:
     async def process_request(self, params: ProcessInput) -> ProcessResult:
         request = params.request
         try:
-            line = await self.llama.run(request["custom_id"], request["url"], request["body"])
+            line = await self.llama.run(
+                request["custom_id"], request["url"], request["body"], urgent=True
+            )
         except LlamaUnavailable as exc:
             raise ApplicationError(str(exc), type="LlamaUnavailable") from exc
         return ProcessResult(output=line)
