@@ -19,7 +19,7 @@ setup: ## Virtualenv, requirements, llama-server build (cached), tiny model, sys
 $(PYTHON):
 	@bash scripts/setup.sh
 
-up: $(PYTHON) ## Start the whole stack locally and wait until /health is ok
+up: setup ## Start the whole stack locally and wait until /health is ok (sets up first)
 	@bash scripts/up.sh
 
 demo: up ## `make up`, then run the sample batch in examples/ and show its output
