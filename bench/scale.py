@@ -22,7 +22,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from minio import Minio  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 
 from tests.support.stack import Stack, start_stack  # noqa: E402
@@ -41,13 +40,7 @@ def rss_mb(pid: int) -> float:
 
 
 def upload_input(stack: Stack, key: str, count: int, max_tokens: int) -> int:
-    env = stack.env
-    s3 = Minio(
-        env["MINIO_ENDPOINT"],
-        access_key=env["MINIO_ACCESS_KEY"],
-        secret_key=env["MINIO_SECRET_KEY"],
-        secure=False,
-    )
+    s3 = stack.s3()
     with tempfile.TemporaryFile() as spool:
         for i in range(count):
             line = {

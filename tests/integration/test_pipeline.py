@@ -8,7 +8,6 @@ import os
 import time
 
 import pytest
-from minio import Minio
 
 from tests.support import batches
 from tests.support.stack import Stack
@@ -16,18 +15,8 @@ from tests.support.stack import Stack
 pytestmark = pytest.mark.integration
 
 
-def s3_client(stack: Stack) -> Minio:
-    env = stack.env
-    return Minio(
-        env["MINIO_ENDPOINT"],
-        access_key=env["MINIO_ACCESS_KEY"],
-        secret_key=env["MINIO_SECRET_KEY"],
-        secure=False,
-    )
-
-
 def upload(stack: Stack, key: str, payload: bytes) -> None:
-    s3_client(stack).put_object("llm-batch", key, io.BytesIO(payload), len(payload))
+    stack.s3().put_object("llm-batch", key, io.BytesIO(payload), len(payload))
 
 
 def test_batch_runs_valid_lines_and_reports_invalid_ones_by_line(stack: Stack) -> None:

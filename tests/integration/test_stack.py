@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-from minio import Minio
 from temporalio.client import Client
 
 from tests.support.stack import REPO_ROOT, Stack, free_port
@@ -172,12 +171,7 @@ def test_reconciler_starts_stopped_workers_for_waiting_work(stack: Stack) -> Non
     """Work submitted straight to Temporal (no API start call) still gets workers."""
     stop_workers(stack)
     env = stack.env
-    s3 = Minio(
-        env["MINIO_ENDPOINT"],
-        access_key=env["MINIO_ACCESS_KEY"],
-        secret_key=env["MINIO_SECRET_KEY"],
-        secure=False,
-    )
+    s3 = stack.s3()
     batch_id = f"batch_reconcile_{os.getpid()}"
     lines = b"".join(
         json.dumps({"custom_id": f"r{i}", "prompt": "hello", "max_tokens": 4}).encode() + b"\n"

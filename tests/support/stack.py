@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from minio import Minio
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,6 +122,14 @@ class Stack:
                 headers["Authorization"] = f"Bearer {self.env['API_KEY']}"
             self._client = httpx.Client(base_url=self.api_url, timeout=30, headers=headers)
         return self._client
+
+    def s3(self) -> Minio:
+        return Minio(
+            self.env["MINIO_ENDPOINT"],
+            access_key=self.env["MINIO_ACCESS_KEY"],
+            secret_key=self.env["MINIO_SECRET_KEY"],
+            secure=False,
+        )
 
     def health(self) -> dict[str, Any]:
         response = self.http.get("/health", timeout=10)
