@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -73,6 +74,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
+    # SIGTERM (a timeout, Ctrl-C from a wrapper) must still stop the stack this run booted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="scale-") as workdir:
         stack = start_stack(Path(workdir), WORKER_IDLE_EXIT_SECONDS="600")
         try:

@@ -6,7 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 LOG_PREFIX=up
 
 usage() {
-  echo "Usage: scripts/up.sh [-h]   (DEPLOY_MODE=local unless set; HEALTH_TIMEOUT=120)"
+  echo "Usage: scripts/up.sh [-h]   (DEPLOY_MODE=local unless set; waits HEALTH_TIMEOUT seconds)"
 }
 
 main() {
@@ -16,10 +16,10 @@ main() {
     *) usage >&2; die "unknown argument: $1" ;;
   esac
   export DEPLOY_MODE="${DEPLOY_MODE:-local}"
-  local started=$SECONDS timeout="${HEALTH_TIMEOUT:-120}"
+  local started=$SECONDS
   "${PROJECT_ROOT}/scripts/start_services.sh"
   load_settings
-  local api="http://127.0.0.1:${API_PORT}" status=""
+  local timeout="$HEALTH_TIMEOUT" api="http://127.0.0.1:${API_PORT}" status=""
   until status="$(curl -fsS --max-time 5 "${api}/health" 2>/dev/null)" \
     && "$PYTHON" -c 'import json, sys; sys.exit(json.load(sys.stdin)["status"] != "ok")' \
       <<<"$status"; do

@@ -67,10 +67,19 @@ class Settings(BaseSettings):
     # Deploy (read by deploy_vast.sh too)
     DEPLOY_MODE: DeployMode = "hybrid"
     VAST_HOST: str = ""
-    VAST_PORT: Port = 22
+    VAST_PORT: Port | None = None
     VAST_SSH_KEY: str = ""
     VAST_USER: str = "root"
+    VAST_IMAGE: str = ""
     REMOTE_DIR: str = "/workspace"
+    DEPLOY_LOCK_TIMEOUT: Annotated[int, Field(ge=0)] = 600
+    DEPLOY_SSH_TIMEOUT: Annotated[int, Field(ge=1)] = 15
+    HEALTH_TIMEOUT: Annotated[int, Field(ge=1)] = 300
+    TUNNEL_API_PORT: Port = 8000
+    TUNNEL_WEB_PORT: Port = 3000
+    TUNNEL_S3_CONSOLE_PORT: Port = 9001
+    TUNNEL_TEMPORAL_TARGET: str = "127.0.0.1:7233"
+    TUNNEL_S3_TARGET: str = "127.0.0.1:9000"
     INSTANCE_VENV: str = "/opt/venv"
     DATA_DIR: Path = Path("data")
 
@@ -124,7 +133,9 @@ class Settings(BaseSettings):
 
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("TEMPORAL_ADDRESS", "MINIO_ENDPOINT")
+    @field_validator(
+        "TEMPORAL_ADDRESS", "MINIO_ENDPOINT", "TUNNEL_TEMPORAL_TARGET", "TUNNEL_S3_TARGET"
+    )
     @classmethod
     def _host_port(cls, value: str) -> str:
         split_host_port(value)

@@ -6,6 +6,7 @@ stops supervisord by its pid (scripts/stop_services.sh), which stops every progr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -19,6 +20,8 @@ from typing import Any
 
 import httpx
 from minio import Minio
+
+from app.services.supervisor import SupervisorControl
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,9 +159,12 @@ class Stack:
         programs: dict[str, Any] = self.health()["checks"]["supervisor"]["programs"]
         return dict(programs[name])
 
+    def supervisor(self) -> SupervisorControl:
+        return SupervisorControl(self.data_dir / "supervisor.sock")
+
     def program_pid(self, name: str) -> int:
-        out = self.supervisorctl("pid", name).strip()
-        return int(out) if out.isdigit() else 0
+        """The program's pid over supervisord's socket (0 when it is not running)."""
+        return asyncio.run(self.supervisor().programs())[name].pid
 
     def wait_program_state(self, name: str, states: set[str], timeout: float = 60) -> str:
         deadline = time.monotonic() + timeout

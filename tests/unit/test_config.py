@@ -88,7 +88,7 @@ def test_shell_export_quotes_values(
 
 def test_env_example_lists_every_setting_with_its_default() -> None:
     text = (PROJECT_ROOT / ".env.example").read_text()
-    listed = dict(re.findall(r"^([A-Z_]+)=(.*)$", text, flags=re.M))
+    listed = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", text, flags=re.M))
     assert set(listed) == set(Settings.model_fields)
     defaults = Settings.model_construct()
     for name, value in listed.items():
@@ -102,3 +102,9 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
         if isinstance(default, float) and default.is_integer():
             default = int(default)
         assert value == str(default), f"{name}: .env.example says {value!r}, default {default!r}"
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", readme, flags=re.M))
+    assert set(Settings.model_fields) <= documented, set(Settings.model_fields) - documented
