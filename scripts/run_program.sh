@@ -101,6 +101,7 @@ run_llama() {
     # -c is split across explicit slots: size it so each slot gets LLAMA_CTX_PER_SLOT.
     --parallel "$LLAMA_PARALLEL" --ctx-size $((LLAMA_PARALLEL * LLAMA_CTX_PER_SLOT))
     --metrics
+    --cache-ram "${LLAMA_CACHE_RAM_MIB:-0}"
   )
   exec "$binary" "${args[@]}" "${extra[@]}"
 }

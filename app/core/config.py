@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     LLAMA_MODEL: str = ""
     LLAMA_PARALLEL: Annotated[int, Field(ge=1, le=256)] = 4
     LLAMA_CTX_PER_SLOT: Annotated[int, Field(ge=128)] = 2048
+    LLAMA_CACHE_RAM_MIB: Annotated[int, Field(ge=-1)] = 0
     LLAMA_EXTRA_ARGS: str = ""
     LLAMA_REQUEST_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 600.0
 
