@@ -11,15 +11,17 @@ shard. While llama-server stays down the caller keeps heartbeating, so nothing t
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +98,16 @@ class SlotGate:
         self._used -= 1
 
 
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+
+
 class LlamaClient:
+    """aiohttp rather than httpx: on a box whose few cores also feed llama-server, its
+    third of the CPU per request is measurable throughput (0.5 vs 1.6 ms a request here)."""
+
     def __init__(
         self,
         base_url: str,
@@ -105,17 +116,38 @@ class LlamaClient:
     ) -> None:
         self.base_url = base_url
         self.retry_budget_seconds = retry_budget_seconds
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=httpx.Timeout(request_timeout, connect=5.0),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
-        )
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout, connect=5.0)
+        self._session: aiohttp.ClientSession | None = None
         self._slots = 0
         self._gate = SlotGate(1)
         self._slots_lock = asyncio.Lock()
 
+    def _http(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the worker's event loop.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                self.base_url,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=256),
+            )
+        return self._session
+
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Answer:
+        options: dict[str, Any] = {"json": body} if body is not None else {}
+        if timeout is not None:
+            options["timeout"] = aiohttp.ClientTimeout(total=timeout)
+        async with self._http().request(method, path, **options) as response:
+            return Answer(response.status, await response.read())
 
     async def slots(self, refresh: bool = False) -> int:
         """llama-server's slot count; waits (with the retry budget) while it is down."""
@@ -127,30 +159,27 @@ class LlamaClient:
             return await self._fetch_slots()
 
     async def _fetch_slots(self) -> int:
-        async def fetch() -> httpx.Response:
-            return await self._http.get("/props", timeout=5.0)
-
-        response = await self._with_retries(fetch, "GET /props")
-        slots = int(response.json().get("total_slots") or 1)
+        answer = await self._with_retries(
+            lambda: self._request("GET", "/props", timeout=5.0), "GET /props"
+        )
+        slots = int(json.loads(answer.body).get("total_slots") or 1)
         if slots != self._slots:
             logger.info("llama-server at %s has %d slot(s)", self.base_url, slots)
             self._slots = slots
             self._gate.size = slots
         return slots
 
-    async def _with_retries(
-        self, send: Callable[[], Awaitable[httpx.Response]], what: str
-    ) -> httpx.Response:
+    async def _with_retries(self, send: Callable[[], Awaitable[Answer]], what: str) -> Answer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_budget_seconds
         delay = 0.25
         while True:
             try:
-                response = await send()
-                if response.status_code not in TRANSIENT_STATUS:
-                    return response
-                problem = f"HTTP {response.status_code}"
-            except httpx.TransportError as exc:  # refused, reset, timeouts
+                answer = await send()
+                if answer.status not in TRANSIENT_STATUS:
+                    return answer
+                problem = f"HTTP {answer.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:  # refused, reset, timeouts
                 problem = repr(exc)
             if loop.time() + delay > deadline:
                 raise LlamaUnavailable(
@@ -168,19 +197,19 @@ class LlamaClient:
         await self.slots()
         request_id = new_request_id()
 
-        async def send() -> httpx.Response:
+        async def send() -> Answer:
             async with self._gate.slot(urgent):
-                return await self._http.post(url, json=body)
+                return await self._request("POST", url, body)
 
-        response = await self._with_retries(send, f"{custom_id}: POST {url}")
+        answer = await self._with_retries(send, f"{custom_id}: POST {url}")
         try:
-            payload: Any = response.json()
+            payload: Any = json.loads(answer.body)
         except ValueError:
-            payload = {"error": {"message": response.text[:2000]}}
-        if response.status_code == 200:
+            payload = {"error": {"message": answer.body[:2000].decode(errors="replace")}}
+        if answer.status == 200:
             return output_line(custom_id, 200, payload, request_id, None)
         error = {
-            "code": f"llama_http_{response.status_code}",
-            "message": _error_message(payload, response.status_code),
+            "code": f"llama_http_{answer.status}",
+            "message": _error_message(payload, answer.status),
         }
-        return output_line(custom_id, response.status_code, payload, request_id, error)
+        return output_line(custom_id, answer.status, payload, request_id, error)
