@@ -32,7 +32,8 @@ def main() -> int:
     if settings.API_KEY:
         headers["Authorization"] = f"Bearer {settings.API_KEY.get_secret_value()}"
     host = "127.0.0.1" if settings.API_HOST in ("0.0.0.0", "::") else settings.API_HOST
-    api = httpx.Client(base_url=f"http://{host}:{settings.API_PORT}", headers=headers, timeout=60)
+    base_url = f"http://{host}:{settings.API_PORT}"
+    api = httpx.Client(base_url=base_url, headers=headers, timeout=60)
 
     items = [json.loads(line) for line in args.input.read_text().splitlines() if line.strip()]
     response = api.post("/batch", json={"items": items, "defaults": {"max_tokens": 32}})
@@ -55,9 +56,9 @@ def main() -> int:
         f"{counts['failed']} failed of {counts['total']}"
     )
     print(f"output: s3://{settings.MINIO_BUCKET}/{batch['output_key']}")
-    print(f"        {api.base_url}batch/{batch['id']}/results")
+    print(f"        {base_url}/batch/{batch['id']}/results")
     print(f"errors: s3://{settings.MINIO_BUCKET}/{batch['error_key']}")
-    print(f"        {api.base_url}batch/{batch['id']}/errors")
+    print(f"        {base_url}/batch/{batch['id']}/errors")
     output = api.get(f"/batch/{batch['id']}/results").text.splitlines()
     print(f"first {min(args.show, len(output))} output line(s):")
     for line in output[: args.show]:
