@@ -202,7 +202,7 @@ class BatchService:
         _, description = await self._describe(batch_id)
         return batch_object(batch_id, description.status, await description.memo())
 
-    async def list(self, limit: int) -> list[dict[str, Any]]:
+    async def recent(self, limit: int) -> list[dict[str, Any]]:
         client = await temporal_client(self.temporal)
         batches: list[dict[str, Any]] = []
         query = f"WorkflowType = '{BATCH_WORKFLOW}'"

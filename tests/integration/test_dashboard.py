@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
 
 from app.core.config import Settings
+from tests.support.stack import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +48,6 @@ START_TIMEOUT_S = 30.0
 # The page polls every 2.5 s; one poll plus the proxy's connect timeout fits well inside.
 PAGE_TIMEOUT_MS = 10_000
 KEY = "dashboard-test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def basic(password: str, user: str = "admin") -> str:

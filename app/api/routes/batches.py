@@ -84,7 +84,7 @@ async def get_batch(batch_id: str, batches: BatchesDep) -> dict[str, Any]:
 async def list_batches(
     batches: BatchesDep, limit: Annotated[int, Query(ge=1, le=1000)] = 20
 ) -> dict[str, Any]:
-    return {"object": "list", "data": await batches.list(limit)}
+    return {"object": "list", "data": await batches.recent(limit)}
 
 
 @router.post(
