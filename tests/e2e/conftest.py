@@ -8,6 +8,7 @@ the checkout. Every server binds 127.0.0.1; every process a test starts is stopp
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from app.services.supervisor import RUNNING_STATES, SupervisorControl, SupervisorUnavailable
 from tests.support.stack import free_port, free_port_block
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -265,15 +267,18 @@ class Deployer:
         )
 
     def program_pids(self) -> dict[str, int]:
-        """supervisord's view on the instance: program -> pid (0 when not running)."""
-        out = self.instance_script("supervisorctl.sh", "status").stdout
-        pids: dict[str, int] = {}
-        for line in out.splitlines():
-            parts = line.replace(",", " ").split()
-            if len(parts) >= 2:
-                pid = parts[parts.index("pid") + 1] if "pid" in parts else "0"
-                pids[parts[0]] = int(pid) if parts[1] == "RUNNING" else 0
-        return pids
+        """supervisord's view on the instance: program -> pid (0 when not running).
+
+        Read over the socket: `supervisorctl status` prints no pid while a program is
+        STARTING, which it still is right after a fast boot (startsecs)."""
+        control = SupervisorControl(self.remote_dir / "data" / "supervisor.sock")
+        try:
+            programs = asyncio.run(control.programs())
+        except SupervisorUnavailable:
+            return {}
+        return {
+            name: info.pid if info.state in RUNNING_STATES else 0 for name, info in programs.items()
+        }
 
     def remote_tree(self) -> dict[str, tuple[int, float]]:
         """(mode, mtime) of every file the deploy manages, data/ and the lock owner aside."""
