@@ -16,8 +16,11 @@ from workers.llama import LlamaClient
 from workers.workflows.batch import BatchWorkflow
 from workers.workflows.process import ProcessWorkflow
 
-# Shards in flight on one GPU worker: two keep every slot busy while a shard finishes.
+# Shard activities one GPU worker runs at once (BATCH_WINDOW's default): the requests of the
+# next shard take over the slots of one that is finishing. Single /process requests get
+# room of their own on top.
 GPU_CONCURRENT_SHARDS = 4
+PROCESS_REQUESTS_ROOM = 16
 CPU_CONCURRENT_ACTIVITIES = 8
 
 
@@ -57,6 +60,6 @@ def build_registry(queue: str, settings: Settings) -> Registry:
     inference = InferenceActivities(s3, llama)
     return Registry(
         activities=[inference.run_shard, inference.process_request],
-        max_concurrent_activities=GPU_CONCURRENT_SHARDS + 16,
+        max_concurrent_activities=GPU_CONCURRENT_SHARDS + PROCESS_REQUESTS_ROOM,
         _llama=llama,
     )

@@ -38,20 +38,14 @@ def assert_complete(stack: Stack, batch_id: str, prefix: str) -> None:
     assert batches.errors(stack, batch_id) == []
 
 
-def test_sigkill_of_the_gpu_worker_mid_batch_loses_nothing(stack: Stack) -> None:
-    batch = start_batch(stack, "k")
-    pid = stack.program_pid("worker-gpu")
+@pytest.mark.parametrize("program", ["worker-gpu", "worker-cpu"])
+def test_sigkill_of_a_worker_mid_batch_loses_nothing(stack: Stack, program: str) -> None:
+    prefix = program[-3]  # "g" or "c": each run has its own custom_ids
+    batch = start_batch(stack, prefix)
+    pid = stack.program_pid(program)
     assert pid > 0
     os.kill(pid, signal.SIGKILL)
-    assert_complete(stack, batch["id"], "k")
-
-
-def test_sigkill_of_the_cpu_worker_mid_batch_loses_nothing(stack: Stack) -> None:
-    batch = start_batch(stack, "c")
-    pid = stack.program_pid("worker-cpu")
-    assert pid > 0
-    os.kill(pid, signal.SIGKILL)
-    assert_complete(stack, batch["id"], "c")
+    assert_complete(stack, batch["id"], prefix)
 
 
 def test_llama_server_restart_mid_batch_loses_nothing(stack: Stack) -> None:
