@@ -30,6 +30,7 @@ RUN if ! cmp -s requirements.instance.txt "${INSTANCE_VENV}/requirements.instanc
 # Least to most often changed, so an edit to app/ reuses every layer above it.
 COPY supervisord.conf ./
 COPY scripts/ scripts/
+COPY kernel/ kernel/
 COPY workers/ workers/
 COPY app/ app/
 

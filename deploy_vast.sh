@@ -183,7 +183,7 @@ read_env_file() {
 }
 
 # setting NAME DEFAULT: the environment (deploy settings only), then the env file, then
-# DEFAULT. Empty values count as unset, as in app/core/config.py.
+# DEFAULT. Empty values count as unset, as in kernel/config.py.
 setting() {
   local name="$1" default="$2"
   if [[ " ${DEPLOY_KEYS[*]} " == *" ${name} "* && -n "${!name:-}" ]]; then
@@ -515,7 +515,7 @@ read -r -d '' MANIFEST_PY <<'PY' || true
 """Fingerprints of the files whose change calls for a restart; prints what changed."""
 import hashlib, json, os, sys
 
-ROOTS = ["app", "workers", "scripts", "supervisord.conf", ".env"]
+ROOTS = ["app", "kernel", "workers", "scripts", "supervisord.conf", ".env"]
 
 def files():
     for root in ROOTS:
@@ -942,9 +942,9 @@ programs_for_path() {
     .env) echo "@all" ;;
     supervisord.conf) echo "@update" ;;
     app/web/* | app/web.py) echo "web" ;;
-    app/core/*) echo "fastapi web worker-cpu worker-gpu" ;;
+    app/core/*) echo "fastapi web" ;;
     app/*) echo "fastapi" ;;
-    workers/shared/*) echo "fastapi worker-cpu worker-gpu" ;;
+    kernel/*) echo "fastapi web worker-cpu worker-gpu" ;;
     workers/*) echo "worker-cpu worker-gpu" ;;
     scripts/run_program.sh | scripts/lib/*) echo "temporal minio llama" ;;
   esac

@@ -11,14 +11,14 @@ from fastapi import Depends, FastAPI, Request, Response
 
 from app.api.deps import require_api_key
 from app.api.routes import batches, health, process, queues
-from app.core.config import Settings, load_settings_or_exit
 from app.core.errors import error_response, install_error_handlers
 from app.services.batches import BatchService
 from app.services.process import ProcessService
 from app.services.queues import Reconciler
-from app.services.storage import ensure_bucket, make_minio
-from app.services.supervisor import SupervisorControl
 from app.services.temporal import TemporalService
+from kernel.config import Settings, load_settings_or_exit
+from kernel.storage import ensure_bucket, make_minio
+from kernel.supervisor import SupervisorControl
 
 logger = logging.getLogger(__name__)
 

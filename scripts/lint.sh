@@ -5,11 +5,12 @@
 #   workflows  check-jsonschema on .github (GitHub's workflow schema, bundled with the tool),
 #              and every `uses:` pinned to a full commit SHA
 #   ruff       ruff check .
-#   mypy       mypy app workers
+#   mypy       mypy app kernel workers
+#   imports    lint-imports: app/ and workers/ import the kernel, never each other
 # Runs every step even after a failure, so one run shows every finding; exits 1 if any failed.
 set -euo pipefail
 
-readonly ALL_STEPS=(docker shell workflows ruff mypy)
+readonly ALL_STEPS=(docker shell workflows ruff mypy imports)
 
 usage() {
   cat <<USAGE
@@ -18,7 +19,8 @@ Usage: scripts/lint.sh [STEP...]
 Steps (default: all): ${ALL_STEPS[*]}
 
 Environment:
-  VENV          virtualenv with hadolint, shellcheck, check-jsonschema, ruff, mypy [.venv]
+  VENV          virtualenv with hadolint, shellcheck, check-jsonschema, ruff, mypy,
+                import-linter [.venv]
   LINT_TRACE=1  trace every command (set -x)
 USAGE
 }
@@ -102,13 +104,19 @@ lint_ruff() {
 
 lint_mypy() {
   local dirs=() dir
-  for dir in app workers; do
+  for dir in app kernel workers; do
     [[ -d "${dir}" ]] && dirs+=("${dir}")
   done
-  ((${#dirs[@]})) || { log "mypy: no app/ or workers/"; return 0; }
+  ((${#dirs[@]})) || { log "mypy: no app/, kernel/ or workers/"; return 0; }
   local mypy
   mypy="$(tool mypy)" || return 1
   "${mypy}" "${dirs[@]}"
+}
+
+lint_imports() {
+  local lint_imports
+  lint_imports="$(tool lint-imports)" || return 1
+  "${lint_imports}" --config pyproject.toml
 }
 
 main() {
@@ -116,7 +124,7 @@ main() {
   for step in "$@"; do
     case "${step}" in
       -h | --help) usage; exit 0 ;;
-      docker | shell | workflows | ruff | mypy) steps+=("${step}") ;;
+      docker | shell | workflows | ruff | mypy | imports) steps+=("${step}") ;;
       *) usage >&2; die "unknown step: ${step}" ;;
     esac
   done

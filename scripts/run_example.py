@@ -1,6 +1,6 @@
 """Submit a JSONL file as a batch to the running API, follow it, show where the output is.
 
-    python scripts/run_example.py examples/sample_batch.jsonl
+python scripts/run_example.py examples/sample_batch.jsonl
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.core.config import load_settings_or_exit  # noqa: E402
+from kernel.config import load_settings_or_exit  # noqa: E402
 
 TERMINAL = {"completed", "failed", "cancelled"}
 

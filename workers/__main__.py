@@ -18,9 +18,9 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from app.core.config import Settings, load_settings_or_exit
-from app.core.logging import configure_logging
-from app.services.temporal import connect_temporal
+from kernel.config import Settings, load_settings_or_exit
+from kernel.logs import configure_logging
+from kernel.temporal import connect_temporal
 from workers.idle import IdleTracker
 from workers.registry import build_registry
 

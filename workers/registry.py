@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.core.config import Settings
-from app.services.storage import ensure_bucket, make_minio
+from kernel.config import Settings
+from kernel.storage import ensure_bucket, make_minio
 from workers.activities.batch_io import BatchIOActivities
 from workers.activities.inference import InferenceActivities
 from workers.llama import LlamaClient
@@ -57,7 +57,7 @@ def build_registry(queue: str, settings: Settings) -> Registry:
         request_timeout=settings.LLAMA_REQUEST_TIMEOUT_SECONDS,
         retry_budget_seconds=settings.LLAMA_REQUEST_TIMEOUT_SECONDS,
     )
-    inference = InferenceActivities(s3, llama)
+    inference = InferenceActivities(s3, llama, settings.box_name)
     return Registry(
         activities=[inference.run_shard, inference.process_request],
         max_concurrent_activities=GPU_CONCURRENT_SHARDS + PROCESS_REQUESTS_ROOM,

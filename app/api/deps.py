@@ -9,12 +9,12 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from minio import Minio
 
-from app.core.config import Settings
 from app.core.errors import Unauthorized
 from app.services.batches import BatchService
 from app.services.process import ProcessService
-from app.services.supervisor import SupervisorControl
 from app.services.temporal import TemporalService
+from kernel.config import Settings
+from kernel.supervisor import SupervisorControl
 
 
 def get_settings(request: Request) -> Settings:

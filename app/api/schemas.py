@@ -1,4 +1,4 @@
-"""Request bodies of the API, with the examples the OpenAPI docs show."""
+"""Request and response bodies of the API, with the examples the OpenAPI docs show."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workers.shared.models import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
+from kernel.contract import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, BatchStatus
+from kernel.supervisor import StartOutcome
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
 assert set(Endpoint.__args__) == {CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS}  # type: ignore[attr-defined]
@@ -91,3 +92,68 @@ class ProcessCreate(BaseModel):
         le=3600,
         description="Wait this long for the answer (PROCESS_TIMEOUT_SECONDS), else 202.",
     )
+
+
+# Responses -------------------------------------------------------------------------------
+
+WorkersStarted = Annotated[
+    dict[str, StartOutcome],
+    Field(description="What asking supervisord to start each worker program did."),
+]
+
+
+class BatchCreated(BatchStatus):
+    workers: WorkersStarted = Field(default_factory=dict)
+
+
+class BatchList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[BatchStatus]
+
+
+class ProcessOutcome(BaseModel):
+    id: str
+    status: Literal["in_progress", "completed", "failed"]
+    output: dict[str, Any] | None = Field(
+        default=None, description="The OpenAI batch output line, once completed."
+    )
+    error: dict[str, Any] | None = Field(default=None, description="Why it failed.")
+    workers: WorkersStarted | None = None
+
+
+class Check(BaseModel):
+    """One dependency's state; other fields (address, endpoint, slots...) vary by check."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ok", "error"]
+    message: str | None = None
+
+
+class HealthReport(BaseModel):
+    status: Literal["ok", "degraded"]
+    mode: str
+    checks: dict[str, Check]
+
+
+class Poller(BaseModel):
+    identity: str
+    last_access_time: str
+
+
+class WorkerProgram(BaseModel):
+    program: str
+    state: str | None = Field(description="supervisord's state; null when it is unreachable")
+
+
+class QueueReport(BaseModel):
+    task_queue: str
+    backlog: int
+    live_pollers: int
+    pollers: list[Poller]
+    worker: WorkerProgram
+
+
+class QueuesReport(BaseModel):
+    queues: dict[str, QueueReport]
+    supervisor_reachable: bool

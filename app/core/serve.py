@@ -8,8 +8,8 @@ from collections.abc import Callable
 import uvicorn
 from fastapi import FastAPI
 
-from app.core.config import Settings, SettingsError, load_settings_or_exit
-from app.core.logging import configure_logging
+from kernel.config import Settings, SettingsError, load_settings_or_exit
+from kernel.logs import configure_logging
 
 
 def serve(

@@ -22,26 +22,25 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.core.config import Settings
 from app.core.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from app.services.temporal import TemporalService, TemporalUnavailable
-from workers.shared.jsonl import is_success_line, iter_result_lines
-from workers.shared.models import (
+from kernel.config import Settings
+from kernel.contract import (
     BATCH_WORKFLOW,
-    CHAT_COMPLETIONS,
+    BatchErrors,
     BatchInput,
+    BatchState,
+    BatchStatus,
     errors_key,
     input_key,
-    invalid_lines_key,
     output_key,
-    result_key,
 )
+from kernel.results import ShardResults
 
 logger = logging.getLogger(__name__)
 
 STREAM_CHUNK_BYTES = 256 * 1024
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
-_STATUS_BY_EXECUTION: dict[WorkflowExecutionStatus | None, str] = {
+_STATUS_BY_EXECUTION: dict[WorkflowExecutionStatus | None, BatchState] = {
     WorkflowExecutionStatus.COMPLETED: "completed",
     WorkflowExecutionStatus.FAILED: "failed",
     WorkflowExecutionStatus.CANCELED: "cancelled",
@@ -61,33 +60,20 @@ async def temporal_client(temporal: TemporalService) -> Client:
         raise ServiceUnavailable(str(exc)) from exc
 
 
-def batch_object(
+def batch_status(
     batch_id: str, execution_status: WorkflowExecutionStatus | None, memo: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The OpenAI-shaped batch object, from the workflow's memo and execution status."""
-    status = _STATUS_BY_EXECUTION.get(execution_status) or memo.get("status", "validating")
-    if status == "failed" and "error" not in memo and execution_status is not None:
-        memo = {**memo, "error": "the batch workflow failed; see the worker-cpu log"}
-    counts = memo.get("request_counts") or {"total": 0, "completed": 0, "failed": 0}
-    return {
-        "id": batch_id,
-        "object": "batch",
-        "endpoint": memo.get("endpoint", CHAT_COMPLETIONS),
-        "status": status,
-        "input_key": memo.get("input_key"),
-        "output_key": memo.get("output_key", output_key(batch_id)),
-        "error_key": memo.get("error_key", errors_key(batch_id)),
-        "request_counts": counts,
-        "errors": {"message": memo["error"]} if memo.get("error") else None,
-        "created_at": memo.get("created_at"),
-        "in_progress_at": memo.get("in_progress_at"),
-        "finalizing_at": memo.get("finalizing_at"),
-        "completed_at": memo.get("completed_at"),
-        "failed_at": memo.get("failed_at"),
-        "cancelling_at": memo.get("cancelling_at"),
-        "cancelled_at": memo.get("cancelled_at"),
-        "metadata": memo.get("metadata") or {},
-    }
+) -> BatchStatus:
+    """The batch as its workflow published it; a closed workflow's own status wins."""
+    batch = BatchStatus.model_validate({**memo, "id": batch_id})
+    closed_as = _STATUS_BY_EXECUTION.get(execution_status)
+    if closed_as is None:
+        return batch
+    changes: dict[str, Any] = {"status": closed_as}
+    if closed_as == "failed" and batch.errors is None:
+        changes["errors"] = BatchErrors(message="the batch workflow failed; see the worker-cpu log")
+    changes["output_key"] = batch.output_key or output_key(batch_id)
+    changes["error_key"] = batch.error_key or errors_key(batch_id)
+    return batch.model_copy(update=changes)
 
 
 class BatchService:
@@ -126,7 +112,7 @@ class BatchService:
         defaults: dict[str, Any],
         metadata: dict[str, str],
         shard_size: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> BatchStatus:
         client = await temporal_client(self.temporal)
         batch_id = new_batch_id()
         try:
@@ -148,14 +134,9 @@ class BatchService:
             raise ServiceUnavailable(f"S3 at {self.settings.MINIO_ENDPOINT}: {exc}") from exc
 
         now = int(time.time())
-        memo = {
-            "status": "validating",
-            "created_at": now,
-            "endpoint": endpoint,
-            "input_key": key,
-            "metadata": metadata,
-            "request_counts": {"total": 0, "completed": 0, "failed": 0},
-        }
+        batch = BatchStatus(
+            id=batch_id, created_at=now, endpoint=endpoint, input_key=key, metadata=metadata
+        )
         params = BatchInput(
             batch_id=batch_id,
             bucket=self.bucket,
@@ -174,12 +155,12 @@ class BatchService:
                 params,
                 id=batch_id,
                 task_queue=self.settings.CPU_TASK_QUEUE,
-                memo=memo,
+                memo=batch.memo(),
             )
         except RPCError as exc:
             raise ServiceUnavailable(f"could not start the batch workflow: {exc}") from exc
         logger.info("batch %s submitted (%s)", batch_id, key)
-        return batch_object(batch_id, None, memo)
+        return batch
 
     # Status ----------------------------------------------------------------------------
 
@@ -198,30 +179,30 @@ class BatchService:
             raise NotFound(f"no batch with id {batch_id!r}")
         return handle, description
 
-    async def get(self, batch_id: str) -> dict[str, Any]:
+    async def get(self, batch_id: str) -> BatchStatus:
         _, description = await self._describe(batch_id)
-        return batch_object(batch_id, description.status, await description.memo())
+        return batch_status(batch_id, description.status, await description.memo())
 
-    async def recent(self, limit: int) -> list[dict[str, Any]]:
+    async def recent(self, limit: int) -> list[BatchStatus]:
         client = await temporal_client(self.temporal)
-        batches: list[dict[str, Any]] = []
+        batches: list[BatchStatus] = []
         query = f"WorkflowType = '{BATCH_WORKFLOW}'"
         async for execution in client.list_workflows(query, limit=limit * 2):
             if execution.status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
                 continue  # an earlier run of a batch listed again by its latest run
-            batches.append(batch_object(execution.id, execution.status, await execution.memo()))
+            batches.append(batch_status(execution.id, execution.status, await execution.memo()))
             if len(batches) >= limit:
                 break
         return batches
 
-    async def cancel(self, batch_id: str) -> dict[str, Any]:
+    async def cancel(self, batch_id: str) -> BatchStatus:
         handle, description = await self._describe(batch_id)
-        current = batch_object(batch_id, description.status, await description.memo())
-        if current["status"] in TERMINAL:
-            raise Conflict(f"batch {batch_id} is already {current['status']}")
+        current = batch_status(batch_id, description.status, await description.memo())
+        if current.is_terminal:
+            raise Conflict(f"batch {batch_id} is already {current.status}")
         await handle.cancel()
         logger.info("batch %s: cancel requested", batch_id)
-        return {**current, "status": "cancelling"}
+        return current.model_copy(update={"status": "cancelling"})
 
     # Results ---------------------------------------------------------------------------
 
@@ -238,22 +219,18 @@ class BatchService:
             response.close()
             response.release_conn()
 
-    def _stream_partial(self, batch_id: str, successes: bool) -> Iterator[bytes]:
+    def _stream_partial(self, batch: BatchStatus, successes: bool) -> Iterator[bytes]:
         """Lines of the shards finished so far, in shard order."""
-        if not successes:
-            yield from self._stream_object(invalid_lines_key(batch_id))
-        prefix = f"{result_key(batch_id, 0).rsplit('/', 1)[0]}/"
-        keys = sorted(o.object_name for o in self.s3.list_objects(self.bucket, prefix=prefix))
-        for key in keys:
-            for line in iter_result_lines(self._stream_object(key)):
-                if is_success_line(line) == successes:
-                    yield line + b"\n"
+        results = ShardResults(self.s3, self.bucket, batch.id)
+        for success, line in results.lines(batch.shard_count):
+            if success == successes:
+                yield line + b"\n"
 
-    async def results(self, batch_id: str, errors: bool) -> tuple[str, Iterator[bytes]]:
-        """(status, byte iterator) of the output (or error) lines: whole file when the
+    async def results(self, batch_id: str, errors: bool) -> tuple[BatchStatus, Iterator[bytes]]:
+        """(batch, byte iterator) of the output (or error) lines: whole file when the
         batch is over, the finished shards' lines while it runs."""
         batch = await self.get(batch_id)
-        key = errors_key(batch_id) if errors else output_key(batch_id)
-        if batch["status"] in TERMINAL:
-            return batch["status"], self._stream_object(key)
-        return batch["status"], self._stream_partial(batch_id, successes=not errors)
+        if batch.is_terminal:
+            key = errors_key(batch_id) if errors else output_key(batch_id)
+            return batch, self._stream_object(key)
+        return batch, self._stream_partial(batch, successes=not errors)

@@ -8,11 +8,11 @@ from typing import Any
 
 from minio import Minio
 
-from app.core.config import Settings
 from app.services.llama import llama_status
-from app.services.storage import check_bucket
-from app.services.supervisor import RUNNING_STATES, SupervisorControl
 from app.services.temporal import TemporalService
+from kernel.config import Settings
+from kernel.storage import check_bucket
+from kernel.supervisor import RUNNING_STATES, SupervisorControl
 
 CHECK_TIMEOUT_SECONDS = 2.5
 

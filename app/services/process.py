@@ -10,11 +10,11 @@ from typing import Any
 from temporalio.client import WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.core.config import Settings
 from app.core.errors import NotFound, ServiceUnavailable
 from app.services.batches import temporal_client
 from app.services.temporal import TemporalService
-from workers.shared.models import PROCESS_WORKFLOW, ProcessInput, ProcessResult
+from kernel.config import Settings
+from kernel.contract import PROCESS_WORKFLOW, ProcessInput, ProcessResult
 
 logger = logging.getLogger(__name__)
 

@@ -6,14 +6,14 @@ import asyncio
 import logging
 from typing import Any
 
-from app.core.config import Settings
-from app.services.supervisor import (
+from app.services.temporal import TaskQueueState, TemporalService
+from kernel.config import Settings
+from kernel.supervisor import (
     RUNNING_STATES,
     WORKER_PROGRAMS,
     SupervisorControl,
     SupervisorUnavailable,
 )
-from app.services.temporal import TaskQueueState, TemporalService
 
 logger = logging.getLogger(__name__)
 

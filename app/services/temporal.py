@@ -12,23 +12,14 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from app.core.config import Settings
+from kernel.config import Settings
+from kernel.temporal import connect_temporal
 
 logger = logging.getLogger(__name__)
 
 
 class TemporalUnavailable(Exception):
     pass
-
-
-async def connect_temporal(settings: Settings, *, identity: str | None = None) -> Client:
-    return await Client.connect(
-        settings.TEMPORAL_ADDRESS,
-        namespace=settings.TEMPORAL_NAMESPACE,
-        tls=settings.TEMPORAL_TLS,
-        api_key=settings.TEMPORAL_API_KEY.get_secret_value() if settings.TEMPORAL_API_KEY else None,
-        identity=identity,
-    )
 
 
 @dataclass(frozen=True)

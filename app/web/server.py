@@ -44,8 +44,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.core.config import Settings
 from app.core.errors import error_body, error_response, install_error_handlers
+from kernel.config import Settings
 
 logger = logging.getLogger(__name__)
 

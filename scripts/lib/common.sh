@@ -22,7 +22,7 @@ dotenv_value() {
   printf '%s' "$value"
 }
 
-# Finds the runtime virtualenv and exports every setting (validated by app.core.config),
+# Finds the runtime virtualenv and exports every setting (validated by kernel.config),
 # with the mode's defaults applied and paths made absolute.
 load_settings() {
   local env_file="${ENV_FILE:-${PROJECT_ROOT}/.env}"
@@ -33,7 +33,7 @@ load_settings() {
   local exports
   # Settings may hold secrets: never trace them.
   { local xtrace_was_on=0; [[ $- == *x* ]] && xtrace_was_on=1; set +x; } 2>/dev/null
-  exports="$(cd "$PROJECT_ROOT" && ENV_FILE="$env_file" "$PYTHON" -m app.core.config --shell "$@")" \
+  exports="$(cd "$PROJECT_ROOT" && ENV_FILE="$env_file" "$PYTHON" -m kernel.config --shell "$@")" \
     || exit 2
   eval "$exports"
   ((xtrace_was_on)) && set -x

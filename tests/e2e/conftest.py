@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from app.services.supervisor import RUNNING_STATES, SupervisorControl, SupervisorUnavailable
+from kernel.supervisor import RUNNING_STATES, SupervisorControl, SupervisorUnavailable
 from tests.support.stack import free_port, free_port_block
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

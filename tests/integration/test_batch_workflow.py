@@ -15,7 +15,7 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from workers.shared.models import (
+from kernel.contract import (
     BatchInput,
     BatchResult,
     MergeInput,

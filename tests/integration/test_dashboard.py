@@ -27,7 +27,7 @@ import pytest
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
 
-from app.core.config import Settings
+from kernel.config import Settings
 from tests.support.stack import free_port
 
 pytestmark = pytest.mark.integration

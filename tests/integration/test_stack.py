@@ -14,8 +14,8 @@ import time
 import pytest
 from temporalio.client import Client
 
+from kernel.contract import BATCH_WORKFLOW, BatchInput, BatchResult, input_key
 from tests.support.stack import REPO_ROOT, Stack, free_port
-from workers.shared.models import BATCH_WORKFLOW, BatchInput, BatchResult, input_key
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +118,7 @@ def test_on_demand_worker_polls_then_exits_idle_and_stays_stopped(stack: Stack) 
     started = time.monotonic()
     from pathlib import Path
 
-    from app.services.supervisor import SupervisorControl
+    from kernel.supervisor import SupervisorControl
 
     control = SupervisorControl(Path(stack.env["DATA_DIR"]) / "supervisor.sock")
     call_started = time.monotonic()

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from minio import Minio
 
-from app.services.supervisor import SupervisorControl
+from kernel.supervisor import SupervisorControl
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.config import Settings
 from app.main import create_app
 from app.services.health import program_health
+from kernel.config import Settings
 
 
 def settings(tmp_path: Path, **values: object) -> Settings:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from app.core.config import PROJECT_ROOT, Settings, SettingsError, load_settings, main
+from kernel.config import PROJECT_ROOT, Settings, SettingsError, load_settings, main
 
 
 @pytest.fixture

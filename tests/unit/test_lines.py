@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from workers.shared.jsonl import TooLong, is_success_line, iter_lines
-from workers.shared.lines import LineError, normalize_request, parse_line
+from kernel.jsonl import TooLong, iter_lines
+from kernel.lines import LineError, normalize_request, parse_line
+from kernel.results import is_success
 
 
 def test_openai_line_is_kept_and_defaults_merge_under_it() -> None:
@@ -80,4 +81,4 @@ def test_iter_lines_across_chunks_and_over_the_limit() -> None:
 def test_success_lines_are_recognised() -> None:
     ok = json.dumps({"id": "1", "custom_id": "a", "response": {}, "error": None}).encode()
     bad = json.dumps({"id": "1", "custom_id": "a", "response": {}, "error": {"m": 1}}).encode()
-    assert is_success_line(ok) and not is_success_line(bad)
+    assert is_success(ok) and not is_success(bad)

@@ -24,7 +24,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[2]
 INSTANCE_REQUIREMENTS = ROOT / "requirements.instance.txt"
 DEV_REQUIREMENTS = ROOT / "requirements.txt"
-SOURCE_DIRS = ("app", "workers")
+SOURCE_DIRS = ("app", "kernel", "workers")
 FIRST_PARTY = frozenset(SOURCE_DIRS)
 # Run as programs by supervisord rather than imported, so the import scan cannot see them.
 RUNTIME_PROGRAMS = ("supervisor", "uvicorn")

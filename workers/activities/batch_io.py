@@ -19,9 +19,7 @@ from minio.error import S3Error
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from workers.shared.jsonl import TooLong, is_success_line, iter_lines, iter_result_lines
-from workers.shared.lines import LineError, parse_line
-from workers.shared.models import (
+from kernel.contract import (
     MAX_LINE_BYTES,
     MergeInput,
     MergeResult,
@@ -30,12 +28,13 @@ from workers.shared.models import (
     errors_key,
     invalid_lines_key,
     output_key,
-    result_key,
     shard_key,
     summary_key,
 )
+from kernel.jsonl import TooLong, iter_lines
+from kernel.lines import LineError, parse_line
+from kernel.results import READ_CHUNK_BYTES, ShardResults
 
-READ_CHUNK_BYTES = 1 << 20
 SPOOL_BYTES = 16 << 20
 HEARTBEAT_SECONDS = 2.0
 
@@ -176,48 +175,23 @@ class BatchIOActivities:
             first_error=first_error,
         )
 
-    def _copy_lines(self, bucket: str, key: str, out: IO[bytes], err: IO[bytes]) -> tuple[int, int]:
-        """Appends a result object's lines to out/err; (0, 0) when the object is absent."""
-        try:
-            response = self.s3.get_object(bucket, key)
-        except S3Error as exc:
-            if exc.code == "NoSuchKey":
-                return 0, 0
-            raise
-        ok = failed = 0
-        try:
-            for raw in iter_result_lines(response.stream(READ_CHUNK_BYTES)):
-                if is_success_line(raw):
-                    out.write(raw + b"\n")
-                    ok += 1
-                else:
-                    err.write(raw + b"\n")
-                    failed += 1
-        finally:
-            response.close()
-            response.release_conn()
-        return ok, failed
-
     @activity.defn
     def merge_results(self, params: MergeInput) -> MergeResult:
         """Writes output.jsonl and errors.jsonl from the shard results, in shard order."""
         heartbeat = _Heartbeat()
         completed = failed = 0
+        results = ShardResults(self.s3, params.bucket, params.batch_id)
         with (
             tempfile.SpooledTemporaryFile(SPOOL_BYTES) as out,
             tempfile.SpooledTemporaryFile(SPOOL_BYTES) as err,
         ):
-            _, invalid = self._copy_lines(
-                params.bucket, invalid_lines_key(params.batch_id), out, err
-            )
-            failed += invalid
-            for shard in range(params.shard_count):
-                ok, bad = self._copy_lines(
-                    params.bucket, result_key(params.batch_id, shard), out, err
-                )
-                completed += ok
-                failed += bad
-                heartbeat(shard)
+            for success, line in results.lines(params.shard_count, on_shard=heartbeat):
+                if success:
+                    out.write(line + b"\n")
+                    completed += 1
+                else:
+                    err.write(line + b"\n")
+                    failed += 1
             _put(self.s3, params.bucket, output_key(params.batch_id), out, out.tell())
             _put(self.s3, params.bucket, errors_key(params.batch_id), err, err.tell())
         summary = {

@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 import io
 import json
+import time
 from typing import Any
 
 from minio import Minio
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from workers.llama import LlamaClient, LlamaUnavailable
-from workers.shared.models import (
+from kernel.contract import (
     ProcessInput,
     ProcessResult,
     ShardInput,
@@ -21,8 +21,21 @@ from workers.shared.models import (
     result_key,
     shard_key,
 )
+from workers.llama import LlamaClient, LlamaUnavailable
 
 HEARTBEAT_SECONDS = 2.0
+
+
+def usage_of(lines: list[dict[str, Any]]) -> tuple[int, int]:
+    """(prompt, completion) tokens summed over the answered lines' `usage`."""
+    prompt = completion = 0
+    for line in lines:
+        body = (line.get("response") or {}).get("body")
+        usage = body.get("usage") if isinstance(body, dict) else None
+        if isinstance(usage, dict):
+            prompt += int(usage.get("prompt_tokens") or 0)
+            completion += int(usage.get("completion_tokens") or 0)
+    return prompt, completion
 
 
 async def _heartbeat_forever(progress: list[int]) -> None:
@@ -32,9 +45,10 @@ async def _heartbeat_forever(progress: list[int]) -> None:
 
 
 class InferenceActivities:
-    def __init__(self, s3: Minio, llama: LlamaClient) -> None:
+    def __init__(self, s3: Minio, llama: LlamaClient, box: str) -> None:
         self.s3 = s3
         self.llama = llama
+        self.box = box
 
     def _read_shard(self, bucket: str, key: str) -> list[dict[str, Any]]:
         response = self.s3.get_object(bucket, key)
@@ -61,6 +75,7 @@ class InferenceActivities:
             self._read_shard, params.bucket, shard_key(params.batch_id, params.shard)
         )
         progress = [0]
+        started = time.monotonic()
         heartbeat = asyncio.create_task(_heartbeat_forever(progress))
 
         async def run_one(request: dict[str, Any]) -> dict[str, Any]:
@@ -85,12 +100,22 @@ class InferenceActivities:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+        gpu_seconds = time.monotonic() - started
         lines = [task.result() for task in tasks]
         await asyncio.to_thread(
             self._write_results, params.bucket, result_key(params.batch_id, params.shard), lines
         )
         failed = sum(1 for line in lines if line["error"] is not None)
-        return ShardResult(shard=params.shard, completed=len(lines) - failed, failed=failed)
+        input_tokens, output_tokens = usage_of(lines)
+        return ShardResult(
+            shard=params.shard,
+            completed=len(lines) - failed,
+            failed=failed,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            gpu_seconds=gpu_seconds,
+            box=self.box,
+        )
 
     @activity.defn
     async def process_request(self, params: ProcessInput) -> ProcessResult:

@@ -17,21 +17,24 @@ from temporalio.exceptions import ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from workers.activities.batch_io import BatchIOActivities
-    from workers.activities.inference import InferenceActivities
-    from workers.shared.models import (
+    from kernel.contract import (
         BATCH_WORKFLOW,
+        BatchErrors,
         BatchInput,
         BatchProgress,
         BatchResult,
+        BatchStatus,
         MergeInput,
         MergeResult,
+        RequestCounts,
         ShardInput,
         ShardResult,
         SplitInput,
         errors_key,
         output_key,
     )
+    from workers.activities.batch_io import BatchIOActivities
+    from workers.activities.inference import InferenceActivities
 
 IO_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -56,32 +59,35 @@ SHARD_HEARTBEAT = timedelta(seconds=15)
 @workflow.defn(name=BATCH_WORKFLOW)
 class BatchWorkflow:
     def __init__(self) -> None:
-        self._memo: dict[str, Any] = {}
+        self._status = BatchStatus(id="")
 
     def _publish(self, **changes: Any) -> None:
-        self._memo.update(changes)
-        workflow.upsert_memo(changes)
+        """Updates the status and publishes the changed fields in the memo."""
+        self._status = self._status.model_copy(update=changes)
+        workflow.upsert_memo(self._status.memo(*changes))
 
-    def _counts(self, progress: BatchProgress) -> dict[str, int]:
-        return {
-            "total": progress.total,
-            "completed": progress.completed,
-            "failed": progress.failed,
-        }
+    @staticmethod
+    def _counts(progress: BatchProgress) -> RequestCounts:
+        return RequestCounts(
+            total=progress.total, completed=progress.completed, failed=progress.failed
+        )
 
     @workflow.run
     async def run(self, params: BatchInput) -> BatchResult:
-        # Keep what the API (or the previous run) put in the memo, to carry it on.
-        self._memo = {key: workflow.memo_value(key) for key in workflow.memo()}
+        # Start from what the API (or the previous run) put in the memo, to carry it on.
+        memo = {key: workflow.memo_value(key) for key in workflow.memo()}
+        self._status = BatchStatus.model_validate({**memo, "id": params.batch_id})
         progress = params.progress or BatchProgress()
         try:
             if params.progress is None:
-                progress = await self._split(params)
+                progress, first_error = await self._split(params)
                 if progress.total - progress.invalid == 0:
-                    await self._fail_without_valid_lines(params, progress)
+                    await self._fail_without_valid_lines(params, progress, first_error)
             self._publish(status="in_progress", request_counts=self._counts(progress))
             if await self._run_shards(params, progress):
-                workflow.continue_as_new(replace(params, progress=progress), memo=self._memo)
+                workflow.continue_as_new(
+                    replace(params, progress=progress), memo=self._status.memo()
+                )
             self._publish(status="finalizing", finalizing_at=self._now())
             merged = await self._merge(params, progress, "completed")
         except asyncio.CancelledError:
@@ -109,18 +115,20 @@ class BatchWorkflow:
         )
 
     @staticmethod
-    def _merged_counts(progress: BatchProgress, merged: MergeResult) -> dict[str, int]:
-        return {"total": progress.total, "completed": merged.completed, "failed": merged.failed}
+    def _merged_counts(progress: BatchProgress, merged: MergeResult) -> RequestCounts:
+        return RequestCounts(total=progress.total, completed=merged.completed, failed=merged.failed)
 
-    async def _fail_without_valid_lines(self, params: BatchInput, progress: BatchProgress) -> None:
+    async def _fail_without_valid_lines(
+        self, params: BatchInput, progress: BatchProgress, first_error: str
+    ) -> None:
         await self._merge(params, progress, "failed")
-        first = self._memo.get("first_error") or "the input is empty"
+        first = first_error or "the input is empty"
         message = f"no valid request line in {progress.total} line(s); first problem: {first}"
         self._publish(
             status="failed",
-            error=message,
+            errors=BatchErrors(message=message),
             failed_at=self._now(),
-            request_counts={"total": progress.total, "completed": 0, "failed": progress.failed},
+            request_counts=RequestCounts(total=progress.total, failed=progress.failed),
         )
         raise ApplicationError(message, type="NoValidLines", non_retryable=True)
 
@@ -128,7 +136,7 @@ class BatchWorkflow:
     def _now() -> int:
         return int(workflow.now().timestamp())
 
-    async def _split(self, params: BatchInput) -> BatchProgress:
+    async def _split(self, params: BatchInput) -> tuple[BatchProgress, str]:
         self._publish(status="validating")
         split = await workflow.execute_activity_method(
             BatchIOActivities.split_input,
@@ -144,15 +152,14 @@ class BatchWorkflow:
             heartbeat_timeout=IO_HEARTBEAT,
             retry_policy=IO_RETRY,
         )
-        if split.first_error:
-            self._publish(first_error=split.first_error)
         self._publish(shard_count=split.shard_count, in_progress_at=self._now())
-        return BatchProgress(
+        progress = BatchProgress(
             total=split.total,
             invalid=split.invalid,
             shard_count=split.shard_count,
             failed=split.invalid,
         )
+        return progress, split.first_error
 
     @staticmethod
     def _history_is_long(limit: int) -> bool:
@@ -191,10 +198,13 @@ class BatchWorkflow:
                 done, _ = await workflow.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     del in_flight[task]
-                    result = task.result()
-                    progress.completed += result.completed
-                    progress.failed += result.failed
-                self._publish(request_counts=self._counts(progress))
+                    progress.add(task.result())
+                self._publish(
+                    request_counts=self._counts(progress),
+                    usage=progress.usage,
+                    gpu_seconds=round(progress.gpu_seconds, 3),
+                    boxes=dict(progress.boxes),
+                )
         except asyncio.CancelledError:
             for task in in_flight:
                 task.cancel()

@@ -8,8 +8,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from kernel.contract import PROCESS_WORKFLOW, ProcessInput, ProcessResult
     from workers.activities.inference import InferenceActivities
-    from workers.shared.models import PROCESS_WORKFLOW, ProcessInput, ProcessResult
 
 
 @workflow.defn(name=PROCESS_WORKFLOW)

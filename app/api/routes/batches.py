@@ -6,8 +6,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import BatchesDep, SettingsDep, SupervisorDep
-from app.api.schemas import BatchCreate
-from app.services.batches import TERMINAL
+from app.api.schemas import BatchCreate, BatchCreated, BatchList
+from kernel.contract import BatchStatus
 
 router = APIRouter(tags=["batches"])
 
@@ -39,6 +39,7 @@ def _example(example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
 @router.post(
     "/batch",
     status_code=202,
+    response_model=BatchCreated,
     summary="Submit a batch",
     responses={
         202: {
@@ -56,7 +57,7 @@ def _example(example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
 )
 async def create_batch(
     body: BatchCreate, batches: BatchesDep, supervisor: SupervisorDep, settings: SettingsDep
-) -> dict[str, Any]:
+) -> BatchCreated:
     batch = await batches.submit(
         items=body.items,
         input_object=body.input_key,
@@ -68,31 +69,38 @@ async def create_batch(
     workers: dict[str, str] = {}
     if settings.AUTO_START_WORKERS:
         workers = {r.program: r.outcome for r in await supervisor.start_workers()}
-    return {**batch, "workers": workers}
+    return BatchCreated(**batch.model_dump(), workers=workers)
 
 
-@router.get("/batch/{batch_id}", summary="Status of a batch", responses=_example(_BATCH_EXAMPLE))
-async def get_batch(batch_id: str, batches: BatchesDep) -> dict[str, Any]:
+@router.get(
+    "/batch/{batch_id}",
+    response_model=BatchStatus,
+    summary="Status of a batch",
+    responses=_example(_BATCH_EXAMPLE),
+)
+async def get_batch(batch_id: str, batches: BatchesDep) -> BatchStatus:
     return await batches.get(batch_id)
 
 
 @router.get(
     "/batches",
+    response_model=BatchList,
     summary="Recent batches, newest first",
     responses=_example({"object": "list", "data": [_BATCH_EXAMPLE]}),
 )
 async def list_batches(
     batches: BatchesDep, limit: Annotated[int, Query(ge=1, le=1000)] = 20
-) -> dict[str, Any]:
-    return {"object": "list", "data": await batches.recent(limit)}
+) -> BatchList:
+    return BatchList(data=await batches.recent(limit))
 
 
 @router.post(
     "/batch/{batch_id}/cancel",
+    response_model=BatchStatus,
     summary="Cancel a batch (finished results are kept)",
     responses=_example({**_BATCH_EXAMPLE, "status": "cancelling"}),
 )
-async def cancel_batch(batch_id: str, batches: BatchesDep) -> dict[str, Any]:
+async def cancel_batch(batch_id: str, batches: BatchesDep) -> BatchStatus:
     return await batches.cancel(batch_id)
 
 
@@ -111,8 +119,11 @@ _JSONL_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 
 async def _stream(batch_id: str, batches: BatchesDep, errors: bool) -> StreamingResponse:
-    status, chunks = await batches.results(batch_id, errors=errors)
-    headers = {"X-Batch-Status": status, "X-Partial": "false" if status in TERMINAL else "true"}
+    batch, chunks = await batches.results(batch_id, errors=errors)
+    headers = {
+        "X-Batch-Status": batch.status,
+        "X-Partial": "false" if batch.is_terminal else "true",
+    }
     return StreamingResponse(chunks, media_type="application/x-ndjson", headers=headers)
 
 

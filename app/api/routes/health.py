@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from app.api.deps import S3ProbeDep, SettingsDep, SupervisorDep, TemporalDep
+from app.api.schemas import HealthReport
 from app.services.health import health_report
 
 router = APIRouter(tags=["health"])
@@ -12,6 +11,7 @@ router = APIRouter(tags=["health"])
 
 @router.get(
     "/health",
+    response_model=HealthReport,
     summary="Liveness and the state of every dependency",
     description=(
         "Always 200 while the API is up. `status` is `ok` when every dependency is, "
@@ -46,5 +46,5 @@ router = APIRouter(tags=["health"])
 )
 async def health(
     settings: SettingsDep, temporal: TemporalDep, supervisor: SupervisorDep, probe: S3ProbeDep
-) -> dict[str, Any]:
-    return await health_report(settings, temporal, supervisor, probe)
+) -> HealthReport:
+    return HealthReport.model_validate(await health_report(settings, temporal, supervisor, probe))

@@ -2,13 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Response
 
 from app.api.deps import ProcessDep, SettingsDep, SupervisorDep
-from app.api.schemas import ProcessCreate
+from app.api.schemas import ProcessCreate, ProcessOutcome
 from app.core.errors import InvalidRequest
-from workers.shared.lines import LineError, normalize_request
+from kernel.lines import LineError, normalize_request
 
 router = APIRouter(tags=["process"])
 
@@ -39,12 +38,18 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.post(
     "/process",
+    response_model=ProcessOutcome,
+    response_model_exclude_unset=True,
     summary="Run one request; 200 with the output line when done in time, else 202",
     responses=_RESPONSES,
 )
 async def create_process(
-    body: ProcessCreate, process: ProcessDep, supervisor: SupervisorDep, settings: SettingsDep
-) -> JSONResponse:
+    body: ProcessCreate,
+    process: ProcessDep,
+    supervisor: SupervisorDep,
+    settings: SettingsDep,
+    response: Response,
+) -> ProcessOutcome:
     line = body.model_dump(exclude={"timeout_s"}, exclude_none=True)
     line.setdefault("custom_id", "process")
     try:
@@ -57,10 +62,18 @@ async def create_process(
     finished, result = await process.submit(
         request, body.timeout_s or settings.PROCESS_TIMEOUT_SECONDS
     )
-    return JSONResponse({**result, "workers": workers}, status_code=200 if finished else 202)
+    response.status_code = 200 if finished else 202
+    return ProcessOutcome(**result, workers=workers)
 
 
-@router.get("/process/{process_id}", summary="Result of a request", responses=_RESPONSES)
-async def get_process(process_id: str, process: ProcessDep) -> JSONResponse:
+@router.get(
+    "/process/{process_id}",
+    response_model=ProcessOutcome,
+    response_model_exclude_unset=True,
+    summary="Result of a request",
+    responses=_RESPONSES,
+)
+async def get_process(process_id: str, process: ProcessDep, response: Response) -> ProcessOutcome:
     finished, result = await process.get(process_id)
-    return JSONResponse(result, status_code=200 if finished else 202)
+    response.status_code = 200 if finished else 202
+    return ProcessOutcome(**result)

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from app.api.deps import SettingsDep, SupervisorDep, TemporalDep
+from app.api.schemas import QueuesReport
 from app.core.errors import ServiceUnavailable
 from app.services.queues import queues_report
 from app.services.temporal import TemporalUnavailable
@@ -14,6 +13,7 @@ router = APIRouter(tags=["queues"])
 
 @router.get(
     "/queues",
+    response_model=QueuesReport,
     summary="Pollers, backlog and worker state per task queue",
     responses={
         200: {
@@ -43,8 +43,8 @@ router = APIRouter(tags=["queues"])
 )
 async def queues(
     settings: SettingsDep, temporal: TemporalDep, supervisor: SupervisorDep
-) -> dict[str, Any]:
+) -> QueuesReport:
     try:
-        return await queues_report(settings, temporal, supervisor)
+        return QueuesReport.model_validate(await queues_report(settings, temporal, supervisor))
     except TemporalUnavailable as exc:
         raise ServiceUnavailable(str(exc)) from exc

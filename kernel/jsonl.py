@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-# Result lines are written by this project with json.dumps defaults; a successful one ends so.
-_SUCCESS_TAIL = b'"error": null}'
-
 
 class TooLong:
     """Stands for a line longer than the limit (its bytes are dropped, not kept)."""
@@ -53,7 +50,3 @@ def iter_result_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
     for line in iter_lines(chunks, max_bytes=1 << 62):
         if isinstance(line, bytes) and line.strip():
             yield line
-
-
-def is_success_line(line: bytes) -> bool:
-    return line.rstrip().endswith(_SUCCESS_TAIL)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workers.shared.models import (
+from kernel.contract import (
     CHAT_COMPLETIONS,
     COMPLETIONS,
     EMBEDDINGS,

@@ -9,7 +9,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from app.core.config import Settings
+from kernel.config import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,318 @@
+"""The one place that reads the environment.
+
+Every entry point (API, workers, dashboard, launcher) loads the same `Settings` from the
+process environment and the project's `.env`. A bad value stops start-up with one line that
+names the variable and what it expects.
+
+`python -m kernel.config --shell` prints the settings as `export` lines for the launcher,
+with the mode's defaults applied and paths made absolute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+import shlex
+import socket
+import sys
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ENV_FILE = PROJECT_ROOT / ".env"
+TINY_MODEL_PATH = Path("models/tiny-llama.gguf")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+DeployMode = Literal["hybrid", "standalone", "local"]
+
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(?P<port>\d{1,5})$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class SettingsError(Exception):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    match = _HOST_PORT.match(value)
+    if not match or not 1 <= int(match["port"]) <= 65535:
+        raise ValueError(f"expected host:port (for example 127.0.0.1:7233), got {value!r}")
+    return match["host"].strip("[]"), int(match["port"])
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=DEFAULT_ENV_FILE,
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=True,
+        validate_default=True,
+    )
+
+    # Deploy (read by deploy_vast.sh too)
+    DEPLOY_MODE: DeployMode = "hybrid"
+    VAST_HOST: str = ""
+    VAST_PORT: Port | None = None
+    VAST_SSH_KEY: str = ""
+    VAST_USER: str = "root"
+    VAST_IMAGE: str = ""
+    REMOTE_DIR: str = "/workspace"
+    DEPLOY_LOCK_TIMEOUT: Annotated[int, Field(ge=0)] = 600
+    DEPLOY_SSH_TIMEOUT: Annotated[int, Field(ge=1)] = 15
+    HEALTH_TIMEOUT: Annotated[int, Field(ge=1)] = 300
+    TUNNEL_API_PORT: Port = 8000
+    TUNNEL_WEB_PORT: Port = 3000
+    TUNNEL_S3_CONSOLE_PORT: Port = 9001
+    TUNNEL_TEMPORAL_TARGET: str = "127.0.0.1:7233"
+    TUNNEL_S3_TARGET: str = "127.0.0.1:9000"
+    INSTANCE_VENV: str = "/opt/venv"
+    DATA_DIR: Path = Path("data")
+
+    # API
+    API_HOST: str = "127.0.0.1"
+    API_PORT: Port = 8000
+    API_KEY: SecretStr | None = None
+
+    # Temporal
+    TEMPORAL_ADDRESS: str = "127.0.0.1:7233"
+    TEMPORAL_NAMESPACE: str = "default"
+    TEMPORAL_TLS: bool = False
+    TEMPORAL_API_KEY: SecretStr | None = None
+    TEMPORAL_UI_PORT: Port = 8233
+    CPU_TASK_QUEUE: str = "llm-batch-cpu"
+    GPU_TASK_QUEUE: str = "llm-batch-gpu"
+
+    # S3 (MinIO or any S3 server)
+    MINIO_ENDPOINT: str = "127.0.0.1:9000"
+    MINIO_ACCESS_KEY: str = "minioadmin"
+    MINIO_SECRET_KEY: SecretStr = SecretStr("minioadmin")
+    MINIO_SECURE: bool = False
+    MINIO_BUCKET: str = "llm-batch"
+    MINIO_CONSOLE_PORT: Port = 9001
+
+    # llama-server
+    LLAMA_URL: str = "http://127.0.0.1:8080"
+    LLAMA_SERVER_BIN: str = "llama-server"
+    LLAMA_MODEL: str = ""
+    LLAMA_PARALLEL: Annotated[int, Field(ge=1, le=256)] = 4
+    LLAMA_CTX_PER_SLOT: Annotated[int, Field(ge=128)] = 2048
+    LLAMA_CACHE_RAM_MIB: Annotated[int, Field(ge=-1)] = 0
+    LLAMA_EXTRA_ARGS: str = ""
+    LLAMA_REQUEST_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 600.0
+
+    # Workers and on-demand start
+    BOX_NAME: str = ""
+    WORKER_IDLE_EXIT_SECONDS: Annotated[int, Field(ge=0)] = 300
+    AUTO_START_WORKERS: bool = True
+    SUPERVISOR_SOCKET: Path | None = None
+    RECONCILE_INTERVAL_SECONDS: Annotated[float, Field(gt=0)] = 2.0
+    POLLER_LIVE_SECONDS: Annotated[float, Field(gt=0)] = 20.0
+
+    # Batches and single requests
+    BATCH_SHARD_SIZE: Annotated[int, Field(ge=1, le=100_000)] = 500
+    BATCH_WINDOW: Annotated[int, Field(ge=1, le=1_000)] = 4
+    MAX_INLINE_ITEMS: Annotated[int, Field(ge=1)] = 50_000
+    MAX_REQUEST_BYTES: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    PROCESS_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+    # Dashboard
+    WEB_PORT: Port = 3000
+
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator(
+        "TEMPORAL_ADDRESS", "MINIO_ENDPOINT", "TUNNEL_TEMPORAL_TARGET", "TUNNEL_S3_TARGET"
+    )
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @field_validator("LLAMA_URL")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(:\d+)?/?$", value):
+            raise ValueError(f"expected http://host:port, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("MINIO_BUCKET")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if not _BUCKET.match(value):
+            raise ValueError(
+                "expected an S3 bucket name: 3-63 characters of a-z, 0-9, '.' and '-', "
+                f"got {value!r}"
+            )
+        return value
+
+    @field_validator("CPU_TASK_QUEUE", "GPU_TASK_QUEUE", "TEMPORAL_NAMESPACE")
+    @classmethod
+    def _non_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _mode_defaults(self) -> Settings:
+        if self.DEPLOY_MODE == "local" and not self.LLAMA_MODEL:
+            self.LLAMA_MODEL = str(TINY_MODEL_PATH)
+        if self.CPU_TASK_QUEUE == self.GPU_TASK_QUEUE:
+            raise ValueError("CPU_TASK_QUEUE and GPU_TASK_QUEUE must differ")
+        return self
+
+    # Derived values -----------------------------------------------------------------
+
+    @cached_property
+    def data_dir(self) -> Path:
+        return self.DATA_DIR if self.DATA_DIR.is_absolute() else PROJECT_ROOT / self.DATA_DIR
+
+    @cached_property
+    def supervisor_socket(self) -> Path:
+        return self.SUPERVISOR_SOCKET or self.data_dir / "supervisor.sock"
+
+    @cached_property
+    def box_name(self) -> str:
+        """The name this machine's GPU worker reports its work under (BOX_NAME or host)."""
+        return self.BOX_NAME or socket.gethostname()
+
+    @property
+    def runs_temporal(self) -> bool:
+        return self.DEPLOY_MODE in ("standalone", "local")
+
+    @property
+    def runs_s3(self) -> bool:
+        return self.DEPLOY_MODE in ("standalone", "local")
+
+    @property
+    def runs_web(self) -> bool:
+        return self.DEPLOY_MODE in ("standalone", "local")
+
+    @property
+    def runs_llama(self) -> bool:
+        return bool(self.LLAMA_MODEL)
+
+    @property
+    def autostart_programs(self) -> dict[str, bool]:
+        """Which supervisord programs this mode starts by itself (workers start on demand)."""
+        return {
+            "fastapi": True,
+            "worker-cpu": False,
+            "worker-gpu": False,
+            "llama": self.runs_llama,
+            "web": self.runs_web,
+            "temporal": self.runs_temporal,
+            "minio": self.runs_s3,
+        }
+
+    @property
+    def task_queues(self) -> dict[str, str]:
+        return {"cpu": self.CPU_TASK_QUEUE, "gpu": self.GPU_TASK_QUEUE}
+
+    def check_api_binding(self) -> None:
+        """The API refuses a non-loopback address without a key."""
+        if not is_loopback(self.API_HOST) and self.API_KEY is None:
+            raise SettingsError(
+                f"API_HOST: refusing to listen on {self.API_HOST} without API_KEY; "
+                "set API_KEY or bind to 127.0.0.1"
+            )
+
+    def launcher_environment(self) -> dict[str, str]:
+        """Everything supervisord.conf and the program scripts read, as strings."""
+        temporal_host, temporal_port = split_host_port(self.TEMPORAL_ADDRESS)
+        s3_host, s3_port = split_host_port(self.MINIO_ENDPOINT)
+        llama_host, _, llama_port = self.LLAMA_URL.split("://", 1)[1].partition(":")
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is None:
+                value = ""
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            env[name] = str(value)
+        env.update(
+            DATA_DIR=str(self.data_dir),
+            LOG_DIR=str(self.data_dir / "logs"),
+            SUPERVISOR_SOCKET=str(self.supervisor_socket),
+            TEMPORAL_HOST=temporal_host,
+            TEMPORAL_PORT=str(temporal_port),
+            S3_HOST=s3_host,
+            S3_PORT=str(s3_port),
+            LLAMA_HOST=llama_host,
+            LLAMA_PORT=llama_port or "80",
+        )
+        for program, enabled in self.autostart_programs.items():
+            env[f"AUTOSTART_{program.upper().replace('-', '_')}"] = "true" if enabled else "false"
+        return env
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = error.get("loc") or ()
+    name = str(loc[0]) if loc else "settings"
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    secret = "KEY" in name or "SECRET" in name
+    given = error.get("input")
+    if secret or given is None or isinstance(given, dict) or f"{given!r}" in message:
+        return f"{name}: {message}"
+    return f"{name}: {message}, got {given!r}"
+
+
+def load_settings(env_file: str | os.PathLike[str] | None = None) -> Settings:
+    """Loads and validates the settings; raises SettingsError naming the variable."""
+    path = env_file or os.environ.get("ENV_FILE") or DEFAULT_ENV_FILE
+    if env_file is not None and not Path(path).is_file():
+        raise SettingsError(f"ENV_FILE: {path} does not exist")
+    try:
+        return Settings(_env_file=str(path))
+    except ValidationError as exc:
+        raise SettingsError(_describe(dict(exc.errors()[0]))) from None
+
+
+def load_settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"error: invalid setting {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Validate and print the project's settings.")
+    parser.add_argument("--env-file", help="read this file instead of the project's .env")
+    parser.add_argument(
+        "--shell", action="store_true", help="print `export` lines for the launcher"
+    )
+    parser.add_argument("--check-api", action="store_true", help="also check the API binding")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.env_file)
+        if args.check_api:
+            settings.check_api_binding()
+    except SettingsError as exc:
+        print(f"error: invalid setting {exc}", file=sys.stderr)
+        return 2
+    if args.shell:
+        for name, value in sorted(settings.launcher_environment().items()):
+            print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,269 @@
+"""The batch contract: object keys, the batch status model, and the inputs and results of
+every workflow and activity (one dataclass each).
+
+Imported by the API and the workers: no side effects on import. Bulk data never travels
+through these: they carry object keys and counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CHAT_COMPLETIONS = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+ENDPOINTS = (CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS)
+
+BATCH_WORKFLOW = "BatchWorkflow"
+PROCESS_WORKFLOW = "ProcessWorkflow"
+
+DEFAULT_SHARD_SIZE = 500
+DEFAULT_WINDOW = 4
+MAX_LINE_BYTES = 1_000_000
+
+
+def batch_prefix(batch_id: str) -> str:
+    return f"batches/{batch_id}"
+
+
+def input_key(batch_id: str) -> str:
+    return f"{batch_prefix(batch_id)}/input.jsonl"
+
+
+def shard_key(batch_id: str, shard: int) -> str:
+    return f"{batch_prefix(batch_id)}/shards/{shard:06d}.jsonl"
+
+
+def result_key(batch_id: str, shard: int) -> str:
+    return f"{results_prefix(batch_id)}{shard:06d}.jsonl"
+
+
+def results_prefix(batch_id: str) -> str:
+    """Prefix of every shard result object of a batch (ends with '/')."""
+    return f"{batch_prefix(batch_id)}/results/"
+
+
+def invalid_lines_key(batch_id: str) -> str:
+    return f"{batch_prefix(batch_id)}/invalid.jsonl"
+
+
+def output_key(batch_id: str) -> str:
+    return f"{batch_prefix(batch_id)}/output.jsonl"
+
+
+def errors_key(batch_id: str) -> str:
+    return f"{batch_prefix(batch_id)}/errors.jsonl"
+
+
+def summary_key(batch_id: str) -> str:
+    return f"{batch_prefix(batch_id)}/summary.json"
+
+
+BatchState = Literal[
+    "validating",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "failed",
+    "cancelling",
+    "cancelled",
+]
+TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class RequestCounts(BaseModel):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class BatchErrors(BaseModel):
+    message: str
+
+
+class Usage(BaseModel):
+    """Tokens summed over the answered requests' `usage` (OpenAI's batch `usage` names)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+class BatchStatus(BaseModel):
+    """A batch as the workflow publishes it (its memo, one key per field) and as the API
+    returns it: the OpenAI batch object's fields plus the object keys of its files."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str = CHAT_COMPLETIONS
+    status: BatchState = "validating"
+    input_key: str | None = None
+    output_key: str | None = None
+    error_key: str | None = None
+    request_counts: RequestCounts = Field(default_factory=RequestCounts)
+    errors: BatchErrors | None = None
+    shard_count: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    gpu_seconds: float = Field(
+        default=0.0, description="Wall time the finished shards held llama-server's slots."
+    )
+    boxes: dict[str, int] = Field(
+        default_factory=dict, description="Requests answered per box (BOX_NAME)."
+    )
+    created_at: int | None = None
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_error(cls, data: Any) -> Any:
+        """Batches started before the status model published a plain `error` string."""
+        if isinstance(data, dict) and isinstance(data.get("error"), str) and not data.get("errors"):
+            return {**data, "errors": {"message": data["error"]}}
+        return data
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATES
+
+    def memo(self, *fields: str) -> dict[str, Any]:
+        """The memo entries of `fields` (all when none are named), JSON-ready."""
+        return self.model_dump(mode="json", include=set(fields) if fields else None)
+
+
+@dataclass
+class BatchProgress:
+    """What the workflow has learnt so far; carried across continue-as-new."""
+
+    total: int = 0
+    invalid: int = 0
+    shard_count: int = 0
+    next_shard: int = 0
+    completed: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    gpu_seconds: float = 0.0
+    boxes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, shard: ShardResult) -> None:
+        self.completed += shard.completed
+        self.failed += shard.failed
+        self.input_tokens += shard.input_tokens
+        self.output_tokens += shard.output_tokens
+        self.gpu_seconds += shard.gpu_seconds
+        if shard.box:
+            self.boxes[shard.box] = self.boxes.get(shard.box, 0) + shard.completed + shard.failed
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            total_tokens=self.input_tokens + self.output_tokens,
+        )
+
+
+@dataclass
+class BatchInput:
+    batch_id: str
+    bucket: str
+    input_key: str
+    endpoint: str = CHAT_COMPLETIONS
+    defaults: dict[str, Any] = field(default_factory=dict)
+    shard_size: int = DEFAULT_SHARD_SIZE
+    window: int = DEFAULT_WINDOW
+    gpu_task_queue: str = "llm-batch-gpu"
+    created_at: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+    # A run continues as new past this many history events (or when the server suggests).
+    max_history_events: int = 8_000
+    progress: BatchProgress | None = None
+
+
+@dataclass
+class BatchResult:
+    batch_id: str
+    status: str
+    total: int
+    completed: int
+    failed: int
+    output_key: str
+    error_key: str
+
+
+@dataclass
+class SplitInput:
+    batch_id: str
+    bucket: str
+    input_key: str
+    endpoint: str
+    defaults: dict[str, Any]
+    shard_size: int
+
+
+@dataclass
+class SplitResult:
+    total: int
+    valid: int
+    invalid: int
+    shard_count: int
+    first_error: str = ""
+
+
+@dataclass
+class ShardInput:
+    batch_id: str
+    bucket: str
+    shard: int
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    completed: int
+    failed: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    gpu_seconds: float = 0.0
+    box: str = ""
+
+
+@dataclass
+class MergeInput:
+    batch_id: str
+    bucket: str
+    shard_count: int
+    status: str
+    total: int
+    created_at: int
+
+
+@dataclass
+class MergeResult:
+    completed: int
+    failed: int
+    output_key: str
+    error_key: str
+
+
+@dataclass
+class ProcessInput:
+    request_id: str
+    request: dict[str, Any]
+    gpu_task_queue: str = "llm-batch-gpu"
+
+
+@dataclass
+class ProcessResult:
+    output: dict[str, Any]

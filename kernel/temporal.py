@@ -1,0 +1,17 @@
+"""The Temporal client factory: the API, the workers and the tools connect the same way."""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+
+from kernel.config import Settings
+
+
+async def connect_temporal(settings: Settings, *, identity: str | None = None) -> Client:
+    return await Client.connect(
+        settings.TEMPORAL_ADDRESS,
+        namespace=settings.TEMPORAL_NAMESPACE,
+        tls=settings.TEMPORAL_TLS,
+        api_key=settings.TEMPORAL_API_KEY.get_secret_value() if settings.TEMPORAL_API_KEY else None,
+        identity=identity,
+    )
