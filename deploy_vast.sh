@@ -882,9 +882,10 @@ upload_env() {
 # one), record the new fingerprints, then wait for /health: scripts/instance/converge.py.
 converge_script() {
   printf 'health_timeout=%q\n' "$HEALTH_TIMEOUT"
+  # converge.py validates the settings itself (kernel.config): no load_settings here.
   cat <<'SH'
-in_project >/dev/null
-exec "$PYTHON" -m scripts.instance.converge --health-timeout "$health_timeout"
+cd -- "$REMOTE_DIR"
+exec "${INSTANCE_VENV}/bin/python" -m scripts.instance.converge --health-timeout "$health_timeout"
 SH
 }
 
@@ -1132,7 +1133,9 @@ SH
   remote run "stop every service" "$script" 2>&1 | sed 's/^/[deploy]   /' >&2 \
     || die "stopping the services on ${WHERE} failed (see above)"
   release_lock
-  log "stopped the services on ${WHERE} (data in ${REMOTE_DIR}/data is kept)"
+  local data="${DATA_DIR}"
+  [[ "$data" == /* ]] || data="${REMOTE_DIR}/${data#./}"
+  log "stopped the services on ${WHERE} (data in ${data} is kept)"
 }
 
 cmd_ssh() {
