@@ -88,6 +88,7 @@ Flags:
 Settings (.env; the ones marked * may also come from the environment, which wins):
   VAST_HOST*, VAST_PORT*, VAST_SSH_KEY*  SSH host, port and private key of the instance (required)
   VAST_USER* (root)  REMOTE_DIR* (/workspace)  INSTANCE_VENV (/opt/venv)  DEPLOY_MODE (hybrid)
+  DATA_DIR (data)             never synced, never deleted on the instance by the sync
   DEPLOY_LOCK_TIMEOUT* (600)  seconds to wait for another deploy holding the instance's lock
   DEPLOY_SSH_TIMEOUT* (15)    SSH connect timeout in seconds
   HEALTH_TIMEOUT* (300)       seconds to wait for /health after starting
