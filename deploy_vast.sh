@@ -14,7 +14,9 @@
 #
 # Every command that reaches the instance goes through remote(), so --dry-run prints
 # instead of running (read-only probes still run). DEPLOY_TRACE=1 turns on `set -x`; the
-# contents of .env are never traced or printed.
+# contents of .env are never traced or printed. What runs on the instance beyond a few shell
+# lines is Python under scripts/instance/ (linted and type-checked), run there by
+# INSTANCE_VENV's interpreter as `python -m scripts.instance.NAME` from REMOTE_DIR.
 set -euo pipefail
 
 if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); then
@@ -26,7 +28,14 @@ PROJECT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly PROJECT_ROOT
 readonly PROGRAM_NAME="./deploy_vast.sh"
 readonly PROGRAMS=(fastapi worker-cpu worker-gpu llama web temporal minio)
-readonly RECOMMENDED_IMAGE_HINT="the project's image from GHCR (built by 'Build and Push to GHCR' from Dockerfile.base on ghcr.io/ggml-org/llama.cpp:server-cuda)"
+# The image the README names; offers and the wrong-image message print it unless VAST_IMAGE
+# is set (ghcr.io/OWNER/REPO when this checkout's origin is on GitHub).
+readonly DEFAULT_IMAGE="ghcr.io/<owner>/<repo>:stable"
+# Subcommands: each is a cmd_NAME function. Those in NO_SETTINGS_COMMANDS run without a
+# valid .env; the others get load_config first. A new subcommand (or one that sources its
+# own file, e.g. scripts/deploy/NAME.sh defining cmd_NAME) only needs adding here.
+COMMANDS=(deploy status logs tunnel stop ssh offers)
+NO_SETTINGS_COMMANDS=(offers)
 
 # Names read from the env file. Nothing else is kept, so secrets never enter this shell.
 readonly DEPLOY_KEYS=(
@@ -39,6 +48,7 @@ readonly DEPLOY_KEYS=(
 # exported for local development and names a path on this machine, not on the instance).
 readonly STACK_KEYS=(
   DEPLOY_MODE INSTANCE_VENV API_PORT WEB_PORT MINIO_CONSOLE_PORT TEMPORAL_ADDRESS MINIO_ENDPOINT
+  DATA_DIR
 )
 
 DRY_RUN=0
@@ -78,14 +88,16 @@ Flags:
 Settings (.env; the ones marked * may also come from the environment, which wins):
   VAST_HOST*, VAST_PORT*, VAST_SSH_KEY*  SSH host, port and private key of the instance (required)
   VAST_USER* (root)  REMOTE_DIR* (/workspace)  INSTANCE_VENV (/opt/venv)  DEPLOY_MODE (hybrid)
+  DATA_DIR (data)             never synced, never deleted on the instance by the sync
   DEPLOY_LOCK_TIMEOUT* (600)  seconds to wait for another deploy holding the instance's lock
   DEPLOY_SSH_TIMEOUT* (15)    SSH connect timeout in seconds
   HEALTH_TIMEOUT* (300)       seconds to wait for /health after starting
-  TUNNEL_API_PORT* (8000), TUNNEL_WEB_PORT* (3000), TUNNEL_S3_CONSOLE_PORT* (9001)
-                              local ports of the tunnel
+  TUNNEL_API_PORT* (18000), TUNNEL_WEB_PORT* (13000), TUNNEL_S3_CONSOLE_PORT* (19001)
+                              local ports of the tunnel (clear of a local stack's own)
   TUNNEL_TEMPORAL_TARGET* (127.0.0.1:7233), TUNNEL_S3_TARGET* (127.0.0.1:9000)
                               local Temporal and S3 the instance reaches through the tunnel (hybrid)
   VAST_IMAGE*                 image named by 'offers' and in error messages
+                              (default ${DEFAULT_IMAGE})
   DEPLOY_TRACE=1              trace this script (secrets are never traced)
 USAGE
 }
@@ -222,11 +234,13 @@ require_host_port() {
 
 # Loads and validates every setting; nothing reaches the instance before this passes.
 load_config() {
-  if ((!ENV_FILE_GIVEN)); then
+  if ((ENV_FILE_GIVEN)); then
+    [[ -f "$ENV_FILE_PATH" ]] || die "--env-file: no settings file at ${ENV_FILE_PATH}"
+  else
     ENV_FILE_PATH="${PROJECT_ROOT}/.env"
+    [[ -f "$ENV_FILE_PATH" ]] \
+      || die "no settings file at ${ENV_FILE_PATH}: copy .env.example to .env and set VAST_HOST, VAST_PORT and VAST_SSH_KEY"
   fi
-  [[ -f "$ENV_FILE_PATH" ]] \
-    || die "no settings file at ${ENV_FILE_PATH}: copy .env.example to .env and set VAST_HOST, VAST_PORT and VAST_SSH_KEY"
   [[ -r "$ENV_FILE_PATH" ]] || die "${ENV_FILE_PATH} is not readable"
   read_env_file "$ENV_FILE_PATH"
 
@@ -246,9 +260,10 @@ load_config() {
   MINIO_CONSOLE_PORT="$(setting MINIO_CONSOLE_PORT 9001)"
   TEMPORAL_ADDRESS="$(setting TEMPORAL_ADDRESS 127.0.0.1:7233)"
   MINIO_ENDPOINT="$(setting MINIO_ENDPOINT 127.0.0.1:9000)"
-  TUNNEL_API_PORT="$(setting TUNNEL_API_PORT 8000)"
-  TUNNEL_WEB_PORT="$(setting TUNNEL_WEB_PORT 3000)"
-  TUNNEL_S3_CONSOLE_PORT="$(setting TUNNEL_S3_CONSOLE_PORT 9001)"
+  TUNNEL_API_PORT="$(setting TUNNEL_API_PORT 18000)"
+  TUNNEL_WEB_PORT="$(setting TUNNEL_WEB_PORT 13000)"
+  TUNNEL_S3_CONSOLE_PORT="$(setting TUNNEL_S3_CONSOLE_PORT 19001)"
+  DATA_DIR="$(setting DATA_DIR data)"
   TUNNEL_TEMPORAL_TARGET="$(setting TUNNEL_TEMPORAL_TARGET 127.0.0.1:7233)"
   TUNNEL_S3_TARGET="$(setting TUNNEL_S3_TARGET 127.0.0.1:9000)"
 
@@ -277,11 +292,12 @@ load_config() {
 
   [[ "$VAST_SSH_KEY" == \~/* ]] && VAST_SSH_KEY="${HOME}/${VAST_SSH_KEY:2}"
   [[ "$VAST_SSH_KEY" == /* ]] || VAST_SSH_KEY="${PROJECT_ROOT}/${VAST_SSH_KEY}"
+  DATA_DIR_SYNCED="$(data_dir_in_repo "$DATA_DIR")"
 
   readonly VAST_HOST VAST_PORT VAST_SSH_KEY VAST_USER VAST_IMAGE REMOTE_DIR INSTANCE_VENV \
     DEPLOY_MODE DEPLOY_LOCK_TIMEOUT DEPLOY_SSH_TIMEOUT HEALTH_TIMEOUT API_PORT WEB_PORT \
     MINIO_CONSOLE_PORT TEMPORAL_ADDRESS MINIO_ENDPOINT TUNNEL_API_PORT TUNNEL_WEB_PORT \
-    TUNNEL_S3_CONSOLE_PORT TUNNEL_TEMPORAL_TARGET TUNNEL_S3_TARGET
+    TUNNEL_S3_CONSOLE_PORT TUNNEL_TEMPORAL_TARGET TUNNEL_S3_TARGET DATA_DIR DATA_DIR_SYNCED
 
   local host="$VAST_HOST"
   [[ "$host" == *:* ]] && host="[${host}]"
@@ -304,12 +320,44 @@ load_config() {
   )
 }
 
+# The image to rent: VAST_IMAGE, else the one this checkout publishes to GHCR, else the
+# README's ghcr.io/<owner>/<repo>:stable.
 image_hint() {
   if [[ -n "$VAST_IMAGE" ]]; then
     printf '%s' "$VAST_IMAGE"
-  else
-    printf '%s' "$RECOMMENDED_IMAGE_HINT"
+    return
   fi
+  local origin
+  origin="$(git -C "$PROJECT_ROOT" remote get-url origin 2>/dev/null || true)"
+  if [[ "$origin" =~ github\.com[:/]([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)$ ]]; then
+    local repo="${BASH_REMATCH[2]%.git}"
+    printf 'ghcr.io/%s/%s:stable' "${BASH_REMATCH[1],,}" "${repo,,}"
+  else
+    printf '%s' "$DEFAULT_IMAGE"
+  fi
+}
+
+# DATA_DIR as a path inside the synced tree (relative to the repository), or nothing when it
+# lies outside REMOTE_DIR. rsync --delete must never touch it.
+data_dir_in_repo() {
+  local dir="$1" part parts=() out=()
+  if [[ "$dir" == /* ]]; then
+    [[ "$dir" == "${REMOTE_DIR}/"* ]] || return 0
+    dir="${dir#"${REMOTE_DIR}/"}"
+  fi
+  IFS=/ read -r -a parts <<<"$dir"
+  for part in "${parts[@]}"; do
+    case "$part" in
+      "" | .) ;;
+      ..)
+        ((${#out[@]})) || return 0 # above the repository: outside the synced tree
+        unset 'out[-1]' ;;
+      *) out+=("$part") ;;
+    esac
+  done
+  ((${#out[@]})) || die "DATA_DIR must be a folder of its own, not the repository itself (got '${1}')"
+  local IFS=/
+  printf '%s' "${out[*]}"
 }
 
 # Everything an SSH connection needs on this side: the tools, a usable key, known_hosts.
@@ -333,6 +381,11 @@ file_mode() {
 check_key() {
   [[ -e "$VAST_SSH_KEY" ]] || die "VAST_SSH_KEY: no key at ${VAST_SSH_KEY}"
   [[ -f "$VAST_SSH_KEY" && -r "$VAST_SSH_KEY" ]] || die "VAST_SSH_KEY: ${VAST_SSH_KEY} is not a readable file"
+  local first=""
+  IFS= read -r first <"$VAST_SSH_KEY" || true
+  if [[ "$VAST_SSH_KEY" == *.pub || "$first" =~ ^(ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+\ [A-Za-z0-9+/=]+ ]]; then
+    die "VAST_SSH_KEY: ${VAST_SSH_KEY} is a public key; point VAST_SSH_KEY at the private key (${VAST_SSH_KEY%.pub} if that is its pair)"
+  fi
   local mode
   mode="$(file_mode "$VAST_SSH_KEY")"
   if ((8#$mode & 8#077)); then
@@ -374,6 +427,8 @@ explain_ssh_failure() {
       echo "${VAST_USER}@${VAST_HOST} refused the key ${VAST_SSH_KEY}: add its public key to your Vast account (then restart the instance) or check VAST_USER" ;;
     *"Connection closed"* | *"Connection reset"* | *"kex_exchange_identification"*)
       echo "${VAST_HOST} port ${VAST_PORT} closed the connection (${last}): the instance may still be starting; try again in a minute" ;;
+    *"forwarding failed"* | *"cannot listen to port"* | *"Could not request local forwarding"*)
+      echo "the tunnel could not forward a port (${last}): a port is taken, on this machine or on the instance" ;;
     *"Load key"* | *"invalid format"* | *"bad permissions"*)
       echo "ssh cannot use VAST_SSH_KEY ${VAST_SSH_KEY}: ${last}" ;;
     *)
@@ -424,10 +479,19 @@ in_project() {
   load_settings
 }
 PRELUDE
-  declare -f programs_for_path plan_actions
-  printf 'MANIFEST_PY=%q\n' "$MANIFEST_PY"
-  printf 'HEALTH_PY=%q\n' "$HEALTH_PY"
-  printf 'REQS_PY=%q\n' "$REQS_PY"
+}
+
+# shipped_python NAME ARGS: a line of remote script that runs scripts/instance/NAME.py from
+# this checkout with the instance's python, fed on stdin (for before the code is synced).
+# ARGS is inserted as shell words, so it may refer to the remote script's variables.
+shipped_python() {
+  local file="${PROJECT_ROOT}/scripts/instance/$1.py"
+  [[ -f "$file" ]] || die "internal: no ${file}"
+  ! grep -qx 'INSTANCE_PY' "$file" || die "internal: ${file} holds the line INSTANCE_PY"
+  # shellcheck disable=SC2016  # expanded on the instance
+  printf '"${INSTANCE_VENV}/bin/python" - %s <<'"'"'INSTANCE_PY'"'"'\n' "$2"
+  cat "$file"
+  printf 'INSTANCE_PY\n'
 }
 
 # remote KIND ...: the one way anything reaches the instance.
@@ -436,8 +500,9 @@ PRELUDE
 #   remote secret DESC          script on stdin holds a secret; --dry-run prints DESC only
 #   remote secret-probe DESC    same, read-only: runs even with --dry-run, never printed
 #   remote session DESC SCRIPT  SCRIPT as the remote command with this stdin (lock holder)
-#   remote exec DESC SCRIPT     replaces this process (interactive shell, logs -f)
-#   remote tunnel DESC ARGS...  replaces this process with ssh -N ARGS
+#   remote attached DESC SCRIPT runs attached to this terminal (shell, logs -f); returns
+#                               the remote status, dies when the connection is lost
+#   remote tunnel DESC ARGS...  ssh -N ARGS until Ctrl-C; says when it is connected
 #   remote rsync DESC ARGS...   rsync over the same SSH connection (--dry-run added)
 remote() {
   local kind="$1" desc="$2"
@@ -469,21 +534,23 @@ remote() {
       fi
       "${SSH_CMD[@]}" "$TARGET" "bash -c $(sq "$(remote_prelude; printf '%s\n' "$1")")"
       ;;
-    exec)
-      local tty=(-T)
+    attached)
+      local tty=(-T) rc=0
       [[ -t 0 && -t 1 ]] && tty=(-t)
       if ((DRY_RUN)); then
         printf '[dry-run] would run on %s: %s\n%s\n' "$WHERE" "$desc" "$(indent "$1")"
         return 0
       fi
-      exec "${SSH_CMD[@]}" "${tty[@]}" "$TARGET" "bash -c $(sq "$(remote_prelude; printf '%s\n' "$1")")"
+      "${SSH_CMD[@]}" "${tty[@]}" "$TARGET" "bash -c $(sq "$(remote_prelude; printf '%s\n' "$1")")" || rc=$?
+      ((rc != 255)) || die "lost the SSH connection to ${WHERE}"
+      return "$rc"
       ;;
     tunnel)
       if ((DRY_RUN)); then
         printf '[dry-run] would run: %s\n' "$(printf '%q ' "${SSH_CMD[@]}" -N "$@" "$TARGET")"
         return 0
       fi
-      exec "${SSH_CMD[@]}" -N "$@" "$TARGET"
+      run_tunnel "$@"
       ;;
     rsync)
       local rsh="" word
@@ -510,214 +577,39 @@ probe() {
   return "$rc"
 }
 
-# Python helpers run on the instance by its own interpreter (INSTANCE_VENV).
-read -r -d '' MANIFEST_PY <<'PY' || true
-"""Fingerprints of the files whose change calls for a restart; prints what changed."""
-import hashlib, json, os, sys
-
-ROOTS = ["app", "kernel", "workers", "scripts", "supervisord.conf", ".env"]
-
-def files():
-    for root in ROOTS:
-        if os.path.isfile(root):
-            yield root
-        for folder, dirs, names in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            for name in sorted(names):
-                if not name.endswith((".pyc", ".pyo")):
-                    yield os.path.join(folder, name)
-
-def digest(path):
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
-
-current = {path: digest(path) for path in files()}
-saved_path = sys.argv[1]
-if sys.argv[2:] == ["--save"]:
-    os.makedirs(os.path.dirname(saved_path), exist_ok=True)
-    with open(saved_path + ".tmp", "w") as handle:
-        json.dump(current, handle, indent=0, sort_keys=True)
-    os.replace(saved_path + ".tmp", saved_path)
-    sys.exit(0)
-try:
-    with open(saved_path) as handle:
-        saved = json.load(handle)
-except (OSError, ValueError):
-    print("@unknown")
-    sys.exit(0)
-for path in sorted(set(saved) | set(current)):
-    if saved.get(path) != current.get(path):
-        print(path)
-PY
-readonly MANIFEST_PY
-
-read -r -d '' REQS_PY <<'PY' || true
-"""Warns when the instance's runtime differs from the pins of requirements.instance.txt."""
-import importlib.metadata as metadata, os, re, sys
-
-PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;#]+)")
-
-def pins(lines):
-    found = {}
-    for line in lines:
-        match = PIN.match(line.strip())
-        if match:
-            found[re.sub(r"[-_.]+", "-", match[1]).lower()] = match[3]
-    return found
-
-wanted = pins(sys.argv[2:])
-recorded_path = os.path.join(sys.argv[1], "requirements.instance.txt")
-if os.path.isfile(recorded_path):
-    with open(recorded_path) as handle:
-        have, source = pins(handle), "the image was built with"
-else:
-    have, source = {}, "installed in " + sys.argv[1]
-    for name in wanted:
-        try:
-            have[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-for name in sorted(set(wanted) | set(have)):
-    if name in wanted and wanted.get(name) != have.get(name):
-        print(f"{name}=={wanted[name]} in requirements.instance.txt, "
-              f"{have.get(name, 'nothing')} {source}")
-    elif name not in wanted:
-        print(f"{name}=={have[name]} {source}, not in requirements.instance.txt")
-PY
-readonly REQS_PY
-
-read -r -d '' HEALTH_PY <<'PY' || true
-"""Polls the API's /health on the instance: `gate SECONDS` waits for ok, `once` reports."""
-import json, os, subprocess, sys, time, urllib.error, urllib.request
-
-mode, timeout = sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
-host = os.environ.get("API_HOST", "127.0.0.1")
-if host in ("", "0.0.0.0", "::"):
-    host = "127.0.0.1"
-if ":" in host:
-    host = f"[{host}]"
-url = f"http://{host}:{os.environ['API_PORT']}/health"
-external = {"temporal", "s3"} if os.environ.get("DEPLOY_MODE") == "hybrid" else set()
-program_of_check = {"temporal": "temporal", "s3": "minio", "llama": "llama"}
-autostart = {
-    name for name in ("fastapi", "llama", "web", "temporal", "minio")
-    if os.environ.get("AUTOSTART_" + name.upper(), "true" if name == "fastapi" else "") == "true"
+# Runs the tunnel's ssh as a child until it ends or this script is told to stop (Ctrl-C,
+# SIGTERM), so the banner comes only once ssh has connected and bound the local ports (ssh
+# runs LocalCommand then), and a failure to connect ends with the usual one-line reason.
+run_tunnel() {
+  CTL_DIR="${CTL_DIR:-$(mktemp -d /tmp/deploy-vast.XXXXXX)}"
+  local marker="${CTL_DIR}/connected" errors="${CTL_DIR}/tunnel.log" rc=0
+  "${SSH_CMD[@]}" -n -N "$@" -o PermitLocalCommand=yes -o "LocalCommand=: >${marker}" \
+    "$TARGET" 2>"$errors" &
+  TUNNEL_PID=$!
+  trap stop_tunnel INT TERM HUP
+  until [[ -e "$marker" ]]; do
+    if ! kill -0 "$TUNNEL_PID" 2>/dev/null; then
+      wait "$TUNNEL_PID" || rc=$?
+      TUNNEL_PID=""
+      die "$(explain_ssh_failure "$(cat "$errors")")"
+    fi
+    sleep 0.1
+  done
+  tunnel_banner
+  wait "$TUNNEL_PID" || rc=$?
+  TUNNEL_PID=""
+  die "the tunnel to ${WHERE} closed (exit ${rc}): $(explain_ssh_failure "$(cat "$errors")")"
 }
 
-def supervisor_states():
-    """{program: (state, pid)} from supervisorctl status."""
-    command = [os.environ["INSTANCE_VENV"] + "/bin/supervisorctl",
-               "-c", os.environ["SUPERVISOR_CONF"], "status"]
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=15).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    states = {}
-    for line in out.splitlines():
-        parts = line.replace(",", " ").split()
-        if len(parts) >= 2:
-            pid = parts[3] if len(parts) >= 4 and parts[2] == "pid" else "0"
-            states[parts[0]] = (parts[1], pid)
-    return states
-
-def fetch():
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as error:
-        try:
-            return json.load(error)
-        except ValueError:
-            return None
-    except (OSError, ValueError):
-        return None
-
-def assess(report):
-    """(problems {name: message}, warnings [str], programs whose logs explain it)."""
-    problems, warnings, programs = {}, [], set()
-    if report is None:
-        return {"fastapi": f"the API does not answer at {url}"}, [], {"fastapi"}
-    for name, check in sorted(report.get("checks", {}).items()):
-        if check.get("status") == "ok":
-            continue
-        message = check.get("message", "error")
-        if name == "supervisor":
-            for program, entry in sorted(check.get("programs", {}).items()):
-                if entry.get("status") != "ok":
-                    problems[program] = f"{entry.get('state')}: {entry.get('message', '')}"
-                    programs.add(program)
-        elif name in external:
-            warnings.append(f"{name} is not reachable from the instance ({message}); "
-                            "if it runs on your machine, start ./deploy_vast.sh tunnel")
-        else:
-            problems[name] = message
-            if name in program_of_check:
-                programs.add(program_of_check[name])
-    return problems, warnings, programs
-
-def tail(program, lines=30):
-    path = os.path.join(os.environ["LOG_DIR"], f"{program}.log")
-    try:
-        with open(path, errors="replace") as handle:
-            text = handle.read().splitlines()[-lines:]
-    except OSError:
-        text = [f"(no log at {path})"]
-    print(f"--- last {len(text)} lines of {path}")
-    print("\n".join(text))
-
-if mode == "once":
-    report = fetch()
-    problems, warnings, _ = assess(report)
-    print(f"health: {'not answering' if report is None else report.get('status')} ({url})")
-    if report is not None:
-        for name, check in sorted(report.get("checks", {}).items()):
-            detail = check.get("message") or check.get("address") or check.get("endpoint") or check.get("url") or ""
-            print(f"  {name:<11} {check.get('status'):<6} {detail}")
-    for warning in warnings:
-        print(f"  warning: {warning}")
-    sys.exit(0 if report is not None and not problems else 1)
-
-started = time.monotonic()
-deadline = started + timeout
-shown = None
-pids = {}  # program -> the distinct pids seen: a crash loop shows as ever new pids
-while True:
-    report = fetch()
-    problems, warnings, programs = assess(report)
-    if not problems:
-        for warning in warnings:
-            print(f"warning: {warning}")
-        print(f"healthy after {time.monotonic() - started:.1f}s")
-        sys.exit(0)
-    states = supervisor_states()
-    for program, (state, pid) in states.items():
-        seen = pids.setdefault(program, [])
-        if pid != "0" and (not seen or seen[-1] != pid):
-            seen.append(pid)
-    fatal = sorted(p for p in autostart if states.get(p, ("",))[0] == "FATAL")
-    crashing = sorted(p for p in autostart if len(pids.get(p, [])) > 3)
-    if fatal or crashing or time.monotonic() >= deadline:
-        break
-    summary = ", ".join(sorted(problems))
-    if summary != shown:
-        print(f"waiting for: {summary}", flush=True)
-        shown = summary
-    time.sleep(1)
-
-if fatal:
-    why = f"{', '.join(fatal)} failed to start (FATAL)"
-elif crashing:
-    why = f"{', '.join(crashing)} keeps exiting (restarted {len(pids[crashing[0]]) - 1} times)"
-else:
-    why = f"not healthy after {timeout:g}s"
-print(f"unhealthy: {why}")
-for name, message in sorted(problems.items()):
-    print(f"  {name}: {message}")
-for program in sorted(programs | set(fatal) | set(crashing)):
-    tail(program)
-sys.exit(1)
-PY
-readonly HEALTH_PY
+stop_tunnel() {
+  if [[ -n "${TUNNEL_PID:-}" ]]; then
+    kill -TERM "$TUNNEL_PID" 2>/dev/null || true
+    wait "$TUNNEL_PID" 2>/dev/null || true
+    TUNNEL_PID=""
+  fi
+  log "tunnel closed"
+  exit 0
+}
 
 # ---------------------------------------------------------------------------------------
 # Deploy phases
@@ -746,10 +638,10 @@ while [[ ! -e "$parent" ]]; do parent="$(dirname "$parent")"; done
 [[ -d "$parent" && -w "$parent" ]] || { echo "unwritable ${parent}"; exit 0; }
 SH
     if ((${#pins[@]})); then
+      printf 'runtime_drift() {\n'
       # shellcheck disable=SC2016  # expanded on the instance
-      printf '{ "${INSTANCE_VENV}/bin/python" -c "$REQS_PY" "$INSTANCE_VENV"'
-      printf ' %q' "${pins[@]}"
-      printf ' || true; } | sed "s/^/drift /"\n'
+      shipped_python requirements "\"\${INSTANCE_VENV}\"$(printf ' %q' "${pins[@]}")"
+      printf '}\n{ runtime_drift || true; } | sed "s/^/drift /"\n'
     fi
     printf 'echo ok\n'
   )"
@@ -841,6 +733,9 @@ RSYNC_FILTERS=(
   --filter='- /models/'
   --filter='- /logs/'
   --filter='- *.gguf'
+  --filter='- *.pem'
+  --filter='- *.key'
+  --filter='- id_*'
   --filter='- .venv/'
   --filter='- venv/'
   --filter='- .venv-*/'
@@ -857,11 +752,59 @@ RSYNC_FILTERS=(
   --filter='-p .DS_Store'
 )
 
+# An rsync filter pattern that matches PATH literally (wildcards escaped).
+rsync_literal() {
+  local path="$1"
+  if [[ "$path" == *[\*\?\[]* ]]; then
+    path="${path//\\/\\\\}"
+    path="${path//\*/\\*}"
+    path="${path//\?/\\?}"
+    path="${path//\[/\\[}"
+  fi
+  printf '%s' "$path"
+}
+
+# PATH relative to the repository when it lies inside it (its folder resolved), else nothing.
+repo_relative() {
+  local path="$1" dir root
+  dir="$(cd "$(dirname "$path")" 2>/dev/null && pwd -P)" || return 0
+  path="${dir}/$(basename "$path")"
+  for root in "$PROJECT_ROOT" "$(cd "$PROJECT_ROOT" && pwd -P)"; do
+    if [[ "$path" == "${root}/"* ]]; then
+      printf '%s' "${path#"${root}/"}"
+      return 0
+    fi
+  done
+}
+
+# Filters for this run's secrets and data: the SSH key and the env file are never sent, even
+# when they sit inside the repository (nor what a symlink of either points to), and DATA_DIR
+# inside it is neither sent nor deleted on the instance, like data/.
+secret_filters() {
+  SECRET_FILTERS=()
+  local given path rel
+  for given in "$VAST_SSH_KEY" "$ENV_FILE_PATH"; do
+    local candidates=("$given")
+    [[ -L "$given" ]] && candidates+=("$(readlink -f "$given" 2>/dev/null || true)")
+    for path in "${candidates[@]}"; do
+      [[ -n "$path" ]] || continue
+      rel="$(repo_relative "$path")"
+      [[ -n "$rel" ]] || continue
+      [[ "$rel" != *$'\n'* ]] || die "cannot exclude ${path} from the sync: its name holds a newline"
+      SECRET_FILTERS+=("--filter=- /$(rsync_literal "$rel")")
+    done
+  done
+  if [[ -n "$DATA_DIR_SYNCED" ]]; then
+    SECRET_FILTERS+=("--filter=- /$(rsync_literal "$DATA_DIR_SYNCED")/")
+  fi
+}
+
 # Sends the code; CHANGED_FILES lists what rsync changed (or would change).
 sync_code() {
   local out line flags path
+  secret_filters
   out="$(remote rsync "code" -rlptDz -s --delete --no-owner --no-group \
-    --itemize-changes --out-format='%i %n' "${RSYNC_FILTERS[@]}" \
+    --itemize-changes --out-format='%i %n' "${SECRET_FILTERS[@]}" "${RSYNC_FILTERS[@]}" \
     "${PROJECT_ROOT}/" "$RSYNC_TARGET")" || die "rsync to ${WHERE}:${REMOTE_DIR} failed (see above)"
   CHANGED_FILES=()
   while IFS= read -r line; do
@@ -935,150 +878,56 @@ upload_env() {
   fi
 }
 
-# Programs to restart (when running) for a changed path; @all restarts supervisord with its
-# environment, @update applies supervisord.conf. Runs here (dry runs) and on the instance.
-programs_for_path() {
-  case "$1" in
-    .env) echo "@all" ;;
-    supervisord.conf) echo "@update" ;;
-    app/web/* | app/web.py) echo "web" ;;
-    app/core/*) echo "fastapi web" ;;
-    app/*) echo "fastapi" ;;
-    kernel/*) echo "fastapi web worker-cpu worker-gpu" ;;
-    workers/*) echo "worker-cpu worker-gpu" ;;
-    scripts/run_program.sh | scripts/lib/*) echo "temporal minio llama" ;;
-  esac
-}
-
-# plan_actions STATE PATH...: what to do, given supervisord's state (running or not) and the
-# paths changed since the last deploy. Sets PLAN_MODE (start | restart-all | converge),
-# PLAN_UPDATE, PLAN_RESTART (programs restarted where running) and PLAN_TEXT.
-plan_actions() {
-  local state="$1" path word
-  shift
-  PLAN_ALL=0
-  PLAN_UPDATE=0
-  PLAN_RESTART=()
-  for path in "$@"; do
-    for word in $(programs_for_path "$path"); do
-      case "$word" in
-        @all) PLAN_ALL=1 ;;
-        @update) PLAN_UPDATE=1 ;;
-        *) [[ " ${PLAN_RESTART[*]} " == *" ${word} "* ]] || PLAN_RESTART+=("$word") ;;
-      esac
-    done
-  done
-  # shellcheck disable=SC2034  # PLAN_MODE is read by the converge script on the instance
-  if [[ "$state" != running ]]; then
-    PLAN_MODE=start
-    PLAN_TEXT="start the stack (scripts/start_services.sh)"
-  elif ((PLAN_ALL)); then
-    PLAN_MODE=restart-all
-    PLAN_TEXT="restart the stack, .env changed (scripts/stop_services.sh, scripts/start_services.sh)"
-  else
-    PLAN_MODE=converge
-    PLAN_TEXT=""
-    ((PLAN_UPDATE)) && PLAN_TEXT+="apply supervisord.conf (supervisorctl update); "
-    ((${#PLAN_RESTART[@]})) && PLAN_TEXT+="restart ${PLAN_RESTART[*]} where running; "
-    PLAN_TEXT+="start autostart programs that are down"
-  fi
-}
-
 # Brings the instance to the synced code: start, restart what changed since the last deploy
 # (fingerprints in .deploy/manifest.json, so an interrupted deploy is finished by the next
-# one), record the new fingerprints, then wait for /health.
+# one), record the new fingerprints, then wait for /health: scripts/instance/converge.py.
 converge_script() {
   printf 'health_timeout=%q\n' "$HEALTH_TIMEOUT"
+  # converge.py validates the settings itself (kernel.config): no load_settings here.
   cat <<'SH'
-in_project >/dev/null
-manifest="${REMOTE_DIR}/.deploy/manifest.json"
-state=stopped
-if supervisord_running; then state=running; fi
-mapfile -t paths < <("$PYTHON" -c "$MANIFEST_PY" "$manifest")
-if [[ "${paths[0]:-}" == "@unknown" ]]; then paths=(.env); fi
-plan_actions "$state" "${paths[@]}"
-echo "plan: ${PLAN_TEXT}"
-done_list=()
-case "$PLAN_MODE" in
-  start)
-    if (exec 3<>"/dev/tcp/127.0.0.1/${API_PORT}") 2>/dev/null; then
-      echo "error: port ${API_PORT} (API_PORT) is already taken on the instance by a process this supervisord does not run (another copy of the stack, e.g. the image's own under /opt/app?); stop it first"
-      exit 4
-    fi
-    scripts/start_services.sh </dev/null
-    done_list+=("started the stack") ;;
-  restart-all)
-    scripts/stop_services.sh </dev/null
-    scripts/start_services.sh </dev/null
-    done_list+=("restarted the stack (.env changed)") ;;
-  converge)
-    if ((PLAN_UPDATE)); then
-      scripts/start_services.sh </dev/null
-      done_list+=("applied supervisord.conf")
-    fi
-    declare -A states=()
-    while read -r name program_state _; do
-      states[$name]="$program_state"
-    done < <(supervisorctl_cmd status 2>/dev/null || true)
-    for program in "${PLAN_RESTART[@]}"; do
-      case "${states[$program]:-}" in
-        RUNNING | STARTING | BACKOFF)
-          echo "restarting ${program}"
-          supervisorctl_cmd restart "$program" >/dev/null 2>&1 || echo "${program} did not restart cleanly"
-          done_list+=("restarted ${program}") ;;
-      esac
-    done
-    for program in fastapi llama web temporal minio; do
-      flag="AUTOSTART_${program^^}"
-      [[ "${!flag:-false}" == true ]] || continue
-      case "${states[$program]:-}" in
-        STOPPED | EXITED | FATAL)
-          echo "starting ${program} (it was ${states[$program]})"
-          supervisorctl_cmd start "$program" >/dev/null 2>&1 || echo "${program} did not start cleanly"
-          done_list+=("started ${program}") ;;
-      esac
-    done ;;
-esac
-"$PYTHON" -c "$MANIFEST_PY" "$manifest" --save
-summary="nothing changed"
-if ((${#done_list[@]})); then
-  summary="$(printf '%s, ' "${done_list[@]}")"
-  summary="${summary%, }"
-fi
-echo "done: ${summary}"
-"$PYTHON" -c "$HEALTH_PY" gate "$health_timeout"
+cd -- "$REMOTE_DIR"
+exec "${INSTANCE_VENV}/bin/python" -m scripts.instance.converge --health-timeout "$health_timeout"
 SH
 }
 
-# Reads the instance's state for a dry run: supervisord running, changes not yet applied.
-inspect_instance() {
-  local script
-  script="$(cat <<'SH'
-if [[ ! -f "${REMOTE_DIR}/scripts/lib/common.sh" ]]; then echo "state absent"; exit 0; fi
-in_project >/dev/null
-if supervisord_running; then echo "state running"; else echo "state stopped"; fi
-"$PYTHON" -c "$MANIFEST_PY" "${REMOTE_DIR}/.deploy/manifest.json" | sed 's/^/pending /'
+# For a dry run: what the deploy would do, planned on the instance by this checkout's
+# scripts/instance/plan.py from supervisord's state, the changes the last deploy left
+# unapplied (manifest.py) and those this run would make. Prints "plan: TEXT".
+dry_run_plan_script() {
+  local paths=("${CHANGED_FILES[@]}")
+  ((ENV_CHANGED)) && paths+=(.env)
+  printf 'local_paths=('
+  ((${#paths[@]} == 0)) || printf ' %q' "${paths[@]}"
+  printf ' )\n'
+  printf 'pending_paths() {\n'
+  # shellcheck disable=SC2016  # expanded on the instance
+  shipped_python manifest '"${REMOTE_DIR}/.deploy/manifest.json" --root "$REMOTE_DIR"'
+  printf '}\nplan() {\n'
+  # shellcheck disable=SC2016  # expanded on the instance
+  shipped_python plan '"$@"'
+  printf '}\n'
+  cat <<'SH'
+state=absent
+pending=()
+if [[ -f "${REMOTE_DIR}/scripts/lib/common.sh" ]]; then
+  in_project >/dev/null
+  state=stopped
+  if supervisord_running; then state=running; fi
+  mapfile -t pending < <(pending_paths)
+  if [[ "${pending[0]:-}" == "@unknown" ]]; then pending=(.env); fi
+fi
+echo "plan: $(plan "$state" "${pending[@]}" "${local_paths[@]}")"
 SH
-)"
-  probe "inspect" "$script"
 }
 
 converge() {
   local script
   script="$(converge_script)"
   if ((DRY_RUN)); then
-    local inspect line state=absent paths=()
-    inspect="$(inspect_instance)" || die "could not read the state of ${WHERE}:${REMOTE_DIR}"
-    while IFS= read -r line; do
-      case "$line" in
-        "state "*) state="${line#state }" ;;
-        "pending @unknown") paths+=(.env) ;;
-        "pending "*) paths+=("${line#pending }") ;;
-      esac
-    done <<<"$inspect"
-    paths+=("${CHANGED_FILES[@]}")
-    ((ENV_CHANGED)) && paths+=(.env)
-    plan_actions "$state" "${paths[@]}"
+    local out
+    out="$(probe "plan" "$(dry_run_plan_script)")" || die "could not read the state of ${WHERE}:${REMOTE_DIR}"
+    PLAN_TEXT="$(sed -n 's/^plan: //p' <<<"$out" | tail -n 1)"
+    [[ -n "$PLAN_TEXT" ]] || die "could not plan the deploy on ${WHERE}: ${out##*$'\n'}"
     RESULT_ACTION="would ${PLAN_TEXT}"
     log "start: would ${PLAN_TEXT}"
     remote run "converge, then wait up to ${HEALTH_TIMEOUT}s for /health" "$script"
@@ -1151,8 +1000,27 @@ SUMMARY
 # ---------------------------------------------------------------------------------------
 # Commands
 
+# no_arguments COMMAND ARGS...: dies unless ARGS is empty, naming an unknown flag as such.
+no_arguments() {
+  local command="$1"
+  shift
+  (($# == 0)) && return 0
+  [[ "$1" == -* ]] && die "${command}: unknown flag '$1'; see ${PROGRAM_NAME} --help"
+  die "${command} takes no arguments (got: $*)"
+}
+
+# Dies with the reason when a remote command of `status`, `logs` or `ssh` ended badly.
+explain_remote_status() {
+  local rc="$1"
+  case "$rc" in
+    0) return 0 ;;
+    3) die "nothing is deployed in ${REMOTE_DIR} on ${WHERE}: run ${PROGRAM_NAME} first" ;;
+  esac
+  return "$rc"
+}
+
 cmd_deploy() {
-  (($# == 0)) || die "deploy takes no arguments (got: $*)"
+  no_arguments deploy "$@"
   preflight
   acquire_lock
   sync_code
@@ -1163,22 +1031,19 @@ cmd_deploy() {
 }
 
 cmd_status() {
-  (($# == 0)) || die "status takes no arguments (got: $*)"
+  no_arguments status "$@"
   prepare_ssh
   connect
   local script rc=0
   script="$(cat <<'SH'
 in_project >/dev/null
 echo "${REMOTE_DIR} (mode ${DEPLOY_MODE})"
-if ! supervisord_running; then echo "supervisord: not running"; exit 1; fi
-echo "supervisord: running (pid $(cat "${DATA_DIR}/supervisord.pid"))"
-supervisorctl_cmd status | sed 's/^/  /' || true
-"$PYTHON" -c "$HEALTH_PY" once
+exec "$PYTHON" -m scripts.instance.health status
 SH
 )"
   remote run "status" "$script" || rc=$?
   ((rc != 255)) || die "lost the SSH connection to ${WHERE}"
-  return "$rc"
+  explain_remote_status "$rc" || die "the stack on ${WHERE} is not healthy (see above)"
 }
 
 cmd_logs() {
@@ -1208,21 +1073,25 @@ cmd_logs() {
 in_project >/dev/null
 if [[ -n "$program" ]]; then
   files=("${LOG_DIR}/${program}.log")
-  [[ -f "${files[0]}" ]] || { echo "no log yet at ${files[0]}" >&2; exit 1; }
+  [[ -f "${files[0]}" ]] || { echo "no log yet at ${files[0]}" >&2; exit 4; }
 else
   shopt -s nullglob
   files=("${LOG_DIR}"/*.log)
-  ((${#files[@]})) || { echo "no logs yet in ${LOG_DIR}" >&2; exit 1; }
+  ((${#files[@]})) || { echo "no logs yet in ${LOG_DIR}" >&2; exit 4; }
 fi
 if ((follow)); then exec tail -n "$lines" -F "${files[@]}"; fi
 exec tail -n "$lines" "${files[@]}"
 SH
   )"
-  remote exec "logs ${program:-(all)}" "$script"
+  connect
+  local rc=0
+  remote attached "logs ${program:-(all)}" "$script" || rc=$?
+  ((rc != 4)) || die "logs: no log yet for ${program:-any program} on ${WHERE} (nothing has run there yet)"
+  explain_remote_status "$rc"
 }
 
 cmd_tunnel() {
-  (($# == 0)) || die "tunnel takes no arguments (got: $*)"
+  no_arguments tunnel "$@"
   prepare_ssh
   tunnel_args
   local port
@@ -1231,7 +1100,13 @@ cmd_tunnel() {
       die "local port ${port} is already in use: stop what listens there or set TUNNEL_API_PORT / TUNNEL_WEB_PORT / TUNNEL_S3_CONSOLE_PORT"
     fi
   done
-  log "tunnel to ${WHERE} (Ctrl-C to stop):"
+  log "tunnel: connecting to ${WHERE}"
+  remote tunnel "tunnel" "${TUNNEL_ARGS[@]}"
+}
+
+# Printed once the tunnel is up.
+tunnel_banner() {
+  log "tunnel to ${WHERE} is up (Ctrl-C to stop):"
   log "  API docs    http://127.0.0.1:${TUNNEL_API_PORT}/docs   -> instance 127.0.0.1:${API_PORT}"
   log "  dashboard   http://127.0.0.1:${TUNNEL_WEB_PORT}/       -> instance 127.0.0.1:${WEB_PORT}"
   log "  S3 console  http://127.0.0.1:${TUNNEL_S3_CONSOLE_PORT}/       -> instance 127.0.0.1:${MINIO_CONSOLE_PORT}"
@@ -1239,11 +1114,10 @@ cmd_tunnel() {
   for reverse in "${TUNNEL_REVERSE[@]}"; do
     log "  ${reverse}"
   done
-  remote tunnel "tunnel" "${TUNNEL_ARGS[@]}"
 }
 
 cmd_stop() {
-  (($# == 0)) || die "stop takes no arguments (got: $*)"
+  no_arguments stop "$@"
   prepare_ssh
   connect
   acquire_lock
@@ -1260,7 +1134,9 @@ SH
   remote run "stop every service" "$script" 2>&1 | sed 's/^/[deploy]   /' >&2 \
     || die "stopping the services on ${WHERE} failed (see above)"
   release_lock
-  log "stopped the services on ${WHERE} (data in ${REMOTE_DIR}/data is kept)"
+  local data="${DATA_DIR}"
+  [[ "$data" == /* ]] || data="${REMOTE_DIR}/${data#./}"
+  log "stopped the services on ${WHERE} (data in ${data} is kept)"
 }
 
 cmd_ssh() {
@@ -1272,13 +1148,16 @@ cmd_ssh() {
     # shellcheck disable=SC2016  # expanded on the instance
     script='cd -- "$REMOTE_DIR" 2>/dev/null || cd; exec "${SHELL:-bash}" -l'
   fi
-  remote exec "shell" "$script"
+  connect
+  # The remote command's own exit status is passed on.
+  remote attached "shell" "$script"
 }
 
 cmd_offers() {
-  (($# == 0)) || die "offers takes no arguments (got: $*)"
+  no_arguments offers "$@"
   local query='gpu_name in [RTX_3090,RTX_4090] num_gpus=1 gpu_ram>=24 disk_space>=50 reliability>0.98 rentable=true'
-  local image="${VAST_IMAGE:-<the project image from GHCR>}"
+  local image
+  image="$(image_hint)"
   echo "Recommended: one RTX 3090 or 4090 (24 GB), at least 50 GB of disk, the project's image."
   echo "  vastai search offers $(sq "$query") -o dph_total"
   echo "  vastai create instance OFFER_ID --image $(sq "$image") --disk 50 --ssh --direct"
@@ -1306,7 +1185,10 @@ main() {
         shift ;;
       -h | --help) usage; exit 0 ;;
       --) shift; args+=("$@"); break ;;
-      -*) args+=("$1") ;;
+      -*)
+        # Flags after a command are that command's (logs -f); before one, only the above.
+        [[ -n "$command" ]] || die "unknown flag '$1'; see ${PROGRAM_NAME} --help"
+        args+=("$1") ;;
       *)
         if [[ -n "$command" ]]; then
           args+=("$1")
@@ -1323,18 +1205,17 @@ main() {
   START_US="$(now_us)"
   trap cleanup EXIT
 
-  case "$command" in
-    deploy | status | logs | tunnel | stop | ssh) ;;
-    offers)
-      if [[ -f "${ENV_FILE_PATH:-${PROJECT_ROOT}/.env}" ]]; then
-        read_env_file "${ENV_FILE_PATH:-${PROJECT_ROOT}/.env}"
-      fi
-      VAST_IMAGE="$(setting VAST_IMAGE "")"
-      cmd_offers "${args[@]}"
-      return ;;
-    *) die "unknown command '${command}'; see ${PROGRAM_NAME} --help" ;;
-  esac
-  load_config
+  [[ " ${COMMANDS[*]} " == *" ${command} "* ]] \
+    || die "unknown command '${command}'; see ${PROGRAM_NAME} --help"
+  if [[ " ${NO_SETTINGS_COMMANDS[*]} " == *" ${command} "* ]]; then
+    # Settings are optional here: read what the file has, check nothing.
+    if [[ -f "${ENV_FILE_PATH:-${PROJECT_ROOT}/.env}" ]]; then
+      read_env_file "${ENV_FILE_PATH:-${PROJECT_ROOT}/.env}"
+    fi
+    VAST_IMAGE="$(setting VAST_IMAGE "")"
+  else
+    load_config
+  fi
   ENV_FILE_FLAG="$(env_file_flag)"
   readonly DRY_RUN ENV_FILE_FLAG
   "cmd_${command}" "${args[@]}"

@@ -76,9 +76,9 @@ class Settings(BaseSettings):
     DEPLOY_LOCK_TIMEOUT: Annotated[int, Field(ge=0)] = 600
     DEPLOY_SSH_TIMEOUT: Annotated[int, Field(ge=1)] = 15
     HEALTH_TIMEOUT: Annotated[int, Field(ge=1)] = 300
-    TUNNEL_API_PORT: Port = 8000
-    TUNNEL_WEB_PORT: Port = 3000
-    TUNNEL_S3_CONSOLE_PORT: Port = 9001
+    TUNNEL_API_PORT: Port = 18000
+    TUNNEL_WEB_PORT: Port = 13000
+    TUNNEL_S3_CONSOLE_PORT: Port = 19001
     TUNNEL_TEMPORAL_TARGET: str = "127.0.0.1:7233"
     TUNNEL_S3_TARGET: str = "127.0.0.1:9000"
     INSTANCE_VENV: str = "/opt/venv"

@@ -78,18 +78,7 @@ class SupervisorControl:
             ) from exc
 
     async def programs(self) -> dict[str, ProgramInfo]:
-        infos = await self._acall("getAllProcessInfo")
-        return {
-            info["name"]: ProgramInfo(
-                name=info["name"],
-                state=info["statename"],
-                description=info.get("description", ""),
-                pid=info.get("pid", 0),
-                exit_status=info.get("exitstatus", 0),
-                spawn_error=info.get("spawnerr", ""),
-            )
-            for info in infos
-        }
+        return _program_infos(await self._acall("getAllProcessInfo"))
 
     async def start(self, program: str) -> StartResult:
         """Starts a program without waiting for it; already running counts as success."""
@@ -107,3 +96,40 @@ class SupervisorControl:
 
     async def start_workers(self, queues: tuple[str, ...] = ("cpu", "gpu")) -> list[StartResult]:
         return list(await asyncio.gather(*(self.start(WORKER_PROGRAMS[queue]) for queue in queues)))
+
+    # Blocking calls, for scripts that run outside an event loop (scripts/instance/). They
+    # raise SupervisorUnavailable, or xmlrpc.client.Fault with supervisord's reason.
+
+    def programs_sync(self) -> dict[str, ProgramInfo]:
+        return _program_infos(self._call("getAllProcessInfo"))
+
+    def start_sync(self, program: str, wait: bool = True) -> None:
+        """Starts a program; with `wait`, returns once it is RUNNING (after `startsecs`)."""
+        self._call("startProcess", program, wait)
+
+    def stop_sync(self, program: str, wait: bool = True) -> None:
+        """Stops a program; a program that is not running is left as it is."""
+        try:
+            self._call("stopProcess", program, wait)
+        except xmlrpc.client.Fault as fault:
+            if fault.faultCode != Faults.NOT_RUNNING:
+                raise
+
+    def restart_sync(self, program: str) -> None:
+        """What `supervisorctl restart` does: stop, wait, start, wait until RUNNING."""
+        self.stop_sync(program)
+        self.start_sync(program)
+
+
+def _program_infos(infos: list[dict[str, Any]]) -> dict[str, ProgramInfo]:
+    return {
+        info["name"]: ProgramInfo(
+            name=info["name"],
+            state=info["statename"],
+            description=info.get("description", ""),
+            pid=info.get("pid", 0),
+            exit_status=info.get("exitstatus", 0),
+            spawn_error=info.get("spawnerr", ""),
+        )
+        for info in infos
+    }

@@ -32,8 +32,45 @@ def assert_refused(deployer: Deployer, result: DeployResult, fragment: str) -> N
 
 def test_missing_env_file(deployer: Deployer, tmp_path: Path) -> None:
     result = deployer.run("--env-file", str(tmp_path / "missing.env"))
-    assert_refused(deployer, result, "no settings file at")
-    assert "copy .env.example to .env" in result.errors[0]
+    assert_refused(deployer, result, f"--env-file: no settings file at {tmp_path / 'missing.env'}")
+    assert ".env.example" not in result.errors[0]  # the file named is the one to fix
+
+
+def test_public_key_is_refused(deployer: Deployer, tmp_path: Path) -> None:
+    public = tmp_path / "vast_key.pub"
+    public.write_text((deployer.sshd.folder / "client_key.pub").read_text())
+    public.chmod(0o600)
+    env_file = deployer.write_env(tmp_path / "settings.env", VAST_SSH_KEY=str(public))
+    result = deployer.run("--env-file", str(env_file))
+    assert_refused(deployer, result, f"VAST_SSH_KEY: {public} is a public key")
+    assert result.returncode == 1
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("logs",), ("logs", "fastapi", "-f"), ("ssh", "true"), ("ssh",), ("tunnel",), ("status",)],
+)
+def test_every_command_explains_an_unreachable_instance(
+    deployer: Deployer, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    port = free_port()  # nothing listens there
+    env_file = deployer.write_env(tmp_path / "settings.env", VAST_PORT=str(port))
+    result = deployer.run("--env-file", str(env_file), *command)
+    assert result.returncode == 1, result.output  # not ssh's 255
+    assert_refused(
+        deployer, result, f"nothing accepts SSH at 127.0.0.1 port {port} (connection refused)"
+    )
+    assert "Ctrl-C" not in result.stderr, "the tunnel banner came before a connection"
+
+
+def test_unknown_flag(deployer: Deployer) -> None:
+    result = deployer.run("--bogus")
+    assert result.returncode == 1
+    assert result.errors == ["[deploy] error: unknown flag '--bogus'; see ./deploy_vast.sh --help"]
+    flagged = deployer.run("deploy", "--bogus")
+    assert flagged.errors == [
+        "[deploy] error: deploy: unknown flag '--bogus'; see ./deploy_vast.sh --help"
+    ]
 
 
 @pytest.mark.parametrize("name", ["VAST_HOST", "VAST_PORT", "VAST_SSH_KEY"])
@@ -172,6 +209,10 @@ def test_offers_prints_the_recommended_search(deployer: Deployer) -> None:
     assert result.returncode == 0, result.output
     assert "vastai search offers 'gpu_name in [RTX_3090,RTX_4090]" in result.stdout
     assert "disk_space>=50" in result.stdout
+    # The image the README names (no git origin in the test's copy), never a placeholder.
+    assert "--image 'ghcr.io/<owner>/<repo>:stable'" in result.stdout
+    named = deployer.run("offers", VAST_IMAGE="ghcr.io/me/llm-batch:canary")
+    assert "--image 'ghcr.io/me/llm-batch:canary'" in named.stdout
 
 
 @pytest.fixture
@@ -224,19 +265,37 @@ def test_hybrid_tunnel_exposes_local_temporal_to_the_instance(
         TUNNEL_TEMPORAL_TARGET=f"127.0.0.1:{echo_server}",
         TUNNEL_S3_TARGET=f"127.0.0.1:{echo_server}",
     )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert process.stderr is not None
+        lines.extend(process.stderr)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
+        # The banner comes once ssh is connected, with the local forwards bound.
         wait_for(
-            lambda: port_is_open(instance_temporal) or process.poll() is not None, 30, "the tunnel"
+            lambda: (
+                any("is up (Ctrl-C to stop)" in line for line in lines)
+                or process.poll() is not None
+            ),
+            30,
+            "the tunnel's banner",
         )
-        assert process.poll() is None, process.communicate()
+        assert process.poll() is None, lines
+        assert port_is_open(api_port)  # the forward to the API is listening
+        wait_for(lambda: port_is_open(instance_temporal), 30, "the reverse forward")
         for port in (instance_temporal, instance_s3):  # as the instance sees them
             with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
                 assert conn.makefile().readline() == "hello from the laptop\n"
-        assert port_is_open(api_port)  # the forward to the API is listening too
     finally:
         process.terminate()
-        _, stderr = process.communicate(timeout=15)
+        process.wait(timeout=15)
+        reader.join(timeout=10)
+    stderr = "".join(lines)
     assert f"Temporal: instance 127.0.0.1:{instance_temporal}" in stderr
+    assert stderr.rstrip().endswith("[deploy] tunnel closed"), stderr
     # sshd closes the forwarded port once it notices the client has gone.
     wait_for(lambda: not port_is_open(instance_temporal), 15, "the reverse forward to close")
 
@@ -256,3 +315,57 @@ def test_api_port_taken_on_the_instance(deployer: Deployer, tmp_path: Path) -> N
     assert len(result.errors) == 1, result.stderr
     assert f"port {port} (API_PORT) is already taken on the instance" in result.errors[0]
     assert not (remote_dir / "data" / "supervisord.pid").exists(), "a second stack was started"
+
+
+def test_secrets_and_data_dir_are_never_synced(deployer: Deployer, tmp_path: Path) -> None:
+    """The key and the env file inside the repository, *.pem, *.key and id_* stay here; a
+    DATA_DIR of another name is protected from --delete like data/.
+
+    The deploy syncs, then stops before starting anything (API_PORT is taken), so no stack
+    boots."""
+    source = deployer.source
+    key = source / "keys" / "vast_key"
+    env_file = source / "deploy" / "prod settings.env"
+    planted = [source / "certs" / "server.pem", source / "id_ed25519", source / "app" / "tls.key"]
+    for path in [key, env_file, *planted]:
+        path.parent.mkdir(exist_ok=True)
+    key.write_bytes(deployer.sshd.client_key.read_bytes())
+    key.chmod(0o600)
+    for path in planted:
+        path.write_text("secret\n")
+    remote_dir = tmp_path / "workspace"
+    kept = remote_dir / "state" / "temporal.db"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("the instance's data\n")
+    try:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+            deployer.write_env(
+                env_file,
+                REMOTE_DIR=str(remote_dir),
+                API_PORT=str(squatter.getsockname()[1]),
+                VAST_SSH_KEY="keys/vast_key",  # relative to the repository
+                DATA_DIR="./state/",
+            )
+            sent_env = env_file.read_bytes()
+            result = deployer.run("--env-file", str(env_file))
+    finally:
+        for path in [key, env_file, *planted]:
+            path.unlink()
+        for folder in ("keys", "deploy", "certs"):
+            (source / folder).rmdir()
+    assert len(result.errors) == 1, result.output
+    assert "(API_PORT) is already taken on the instance" in result.errors[0]
+    assert (remote_dir / "kernel" / "config.py").exists(), "the code was not synced"
+    assert kept.read_text() == "the instance's data\n", "DATA_DIR was deleted by the sync"
+    for relative in (
+        "keys/vast_key",
+        "deploy/prod settings.env",
+        "certs/server.pem",
+        "id_ed25519",
+        "app/tls.key",
+    ):
+        assert not (remote_dir / relative).exists(), f"{relative} was sent to the instance"
+    # The env file reaches the instance only as its .env (mode 600).
+    assert (remote_dir / ".env").read_bytes() == sent_env

@@ -1,8 +1,8 @@
 """scripts/container_smoke.sh against a small in-process stand-in for the API.
 
-The stand-in speaks the API contract (DESIGN.md) and can be told to misbehave, so each check
-of the smoke script is shown to pass on a good deployment and to fail, with a one-line reason,
-on a bad one. CI runs the same script against the real app container
+The stand-in speaks the API contract (the README's API section) and can be told to misbehave,
+so each check of the smoke script is shown to pass on a good deployment and to fail, with a
+one-line reason, on a bad one. CI runs the same script against the real app container
 (.github/workflows/ci-minimal-image.yml).
 """
 
