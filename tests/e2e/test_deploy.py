@@ -137,7 +137,6 @@ def test_redeploy_without_change_is_idempotent_and_fast(
             f"\n[e2e] first deploy to healthy: {deployed.timings['first deploy']:.1f}s; "
             f"no-change redeploy: {result.seconds:.1f}s"
         )
-    assert result.seconds < 30, f"no-change redeploy took {result.seconds:.1f}s"
 
 
 def test_dry_run_changes_nothing_remotely(deployed: Deployment) -> None:
