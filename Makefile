@@ -31,8 +31,8 @@ down: ## Stop every service (no process left behind)
 status: ## supervisord's view of every program
 	@bash scripts/supervisorctl.sh status || true
 
-logs: ## Follow the API and worker logs
-	@tail -n 50 -F data/logs/fastapi.log data/logs/worker-cpu.log data/logs/worker-gpu.log
+logs: ## Follow the API and worker logs (DATA_DIR/logs; `scripts/logs.sh PROGRAM` for others)
+	@bash scripts/logs.sh
 
 test: setup ## Run every test (unit, integration, end-to-end) against real servers
 	@$(PYTHON) -m pytest $(PYTEST_ARGS)
