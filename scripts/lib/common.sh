@@ -34,6 +34,7 @@ load_settings() {
     INSTANCE_VENV="${PROJECT_ROOT}/.venv"
   fi
   INSTANCE_VENV="${INSTANCE_VENV:-/opt/venv}"
+  export INSTANCE_VENV
   PYTHON="${INSTANCE_VENV}/bin/python"
   [[ -x "$PYTHON" ]] || die "INSTANCE_VENV: no python at ${PYTHON}; run 'make setup' (or set INSTANCE_VENV)"
   local exports
