@@ -51,7 +51,7 @@ changed_settings() {
   local file
   file="$(started_settings_file)"
   [[ -f "$file" ]] || { echo "?"; return 0; }
-  diff <(sort "$file") <(printf '%s\n' "$SETTINGS_EXPORTS" | sort) \
+  { diff <(sort "$file") <(printf '%s\n' "$SETTINGS_EXPORTS" | sort) || true; } \
     | sed -nE 's/^[<>] export ([A-Za-z0-9_]+)=.*/\1/p' | sort -u | paste -sd' ' -
 }
 

@@ -383,18 +383,10 @@ class Readme:
         if not any(is_error(d) for d in documented):
             assert not any(is_error(a) for a in actual), f"the example answered an error\n{shown}"
         problems: list[str] = []
-        if len(documented) == 1:
-            if len(actual) != 1:
-                problems.append(f"expected one JSON value, got {len(actual)}")
-            else:
-                problems = missing_keys(documented[0], actual[0])
-        else:
-            for n, value in enumerate(actual):
-                if all(missing_keys(d, value) for d in documented):
-                    problems.append(
-                        f"line {n + 1} matches no documented line: "
-                        f"{missing_keys(documented[0], value)}"
-                    )
+        for n, value in enumerate(actual):
+            if all(missing_keys(d, value) for d in documented):
+                where = f"line {n + 1}: " if len(actual) > 1 else ""
+                problems += [where + p for p in missing_keys(documented[0], value)]
         assert not problems, "documented fields missing:\n  " + "\n  ".join(problems) + f"\n{shown}"
         literal = documented[0].get("id") if isinstance(documented[0], dict) else None
         if isinstance(literal, str) and PLACEHOLDER.fullmatch(literal):
@@ -444,7 +436,6 @@ def readme(
         )
         if reporter is not None:
             reporter.write_line("\n" + summary)
-        print(summary)
         assert stopped.returncode == 0, stopped.stderr
 
 
