@@ -477,3 +477,37 @@ def test_batches_are_listed_newest_first(readme: Readme) -> None:
         readme.stack.http.post(f"/batch/{older['id']}/cancel")
     except httpx.HTTPError:
         pass
+
+
+def test_make_up_applies_an_added_api_key(readme: Readme) -> None:
+    """An API_KEY added to .env reaches the API and the dashboard with one `make up`."""
+    if not readme.supervisord_up():
+        started = readme.plain_shell("scripts/start_services.sh")
+        assert started.returncode == 0, started.stderr
+    readme.stack.wait_healthy(timeout=180)
+    before = readme.stack.program_pid("fastapi")
+    key = "readme-test-key-5bd1"
+    with readme.settings_file.open("a") as env_file:
+        env_file.write(f"API_KEY={key}\n")
+    readme.edits.append(f"API_KEY={key}")
+    result = readme.plain_shell("make -o setup up")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "settings changed since the stack started (API_KEY)" in output, output
+    assert key not in output
+    readme.stack.wait_healthy(timeout=180)
+    assert readme.stack.program_pid("fastapi") != before
+    api, web = readme.stack.api_url, readme.stack.web_url
+    bearer = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(timeout=30) as http:
+        assert http.get(f"{api}/batches").status_code == 401
+        assert http.get(f"{api}/batches", headers=bearer).status_code == 200
+        assert http.get(f"{web}/api/batches").status_code == 401
+        dashboard = http.get(f"{web}/api/batches", auth=("any", key))
+        assert dashboard.status_code == 200, dashboard.text
+    # Unchanged settings: `make up` restarts nothing.
+    pid = readme.stack.program_pid("fastapi")
+    again = readme.plain_shell("make -o setup up")
+    assert again.returncode == 0, again.stderr
+    assert "settings changed" not in again.stderr
+    assert readme.stack.program_pid("fastapi") == pid
