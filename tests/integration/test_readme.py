@@ -431,11 +431,13 @@ def readme(
         if state.stack._client is not None:
             state.stack._client.close()
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
         summary = f"README examples: {len(state.ran)} run, {len(state.skipped)} skipped" + "".join(
             f"\n  skipped {name}" for name in state.skipped
         )
-        if reporter is not None:
-            reporter.write_line("\n" + summary)
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():  # shown even when output is captured
+                reporter.write_line("\n" + summary)
         assert stopped.returncode == 0, stopped.stderr
 
 
