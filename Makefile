@@ -4,8 +4,11 @@
 SHELL := bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-# The stack runs from the project's virtualenv locally (the image's /opt/venv on the box).
+# The stack runs from the project's virtualenv locally (the image's /opt/venv on the box,
+# where there is no .venv; the scripts find either by themselves too).
+ifneq ($(wildcard $(VENV)/bin/python),)
 export INSTANCE_VENV ?= $(abspath $(VENV))
+endif
 PYTEST_ARGS ?=
 
 .PHONY: help setup up demo down status logs test test-unit lint bench bench-scale clean
