@@ -4,8 +4,11 @@
 SHELL := bash
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
-# The stack runs from the project's virtualenv locally (the image's /opt/venv on the box).
+# The stack runs from the project's virtualenv locally (the image's /opt/venv on the box,
+# where there is no .venv; the scripts find either by themselves too).
+ifneq ($(wildcard $(VENV)/bin/python),)
 export INSTANCE_VENV ?= $(abspath $(VENV))
+endif
 PYTEST_ARGS ?=
 
 .PHONY: help setup up demo down status logs test test-unit lint bench bench-scale clean
@@ -31,8 +34,8 @@ down: ## Stop every service (no process left behind)
 status: ## supervisord's view of every program
 	@bash scripts/supervisorctl.sh status || true
 
-logs: ## Follow the API and worker logs
-	@tail -n 50 -F data/logs/fastapi.log data/logs/worker-cpu.log data/logs/worker-gpu.log
+logs: ## Follow the API and worker logs (DATA_DIR/logs; `scripts/logs.sh PROGRAM` for others)
+	@bash scripts/logs.sh
 
 test: setup ## Run every test (unit, integration, end-to-end) against real servers
 	@$(PYTHON) -m pytest $(PYTEST_ARGS)

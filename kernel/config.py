@@ -293,17 +293,85 @@ def load_settings_or_exit() -> Settings:
         raise SystemExit(2) from None
 
 
+def _load_lenient(env_file: str | None) -> tuple[Settings, list[str]]:
+    """The settings with each invalid value replaced by its default, and what was replaced.
+
+    For the commands that only stop or inspect the stack: they need DATA_DIR and the
+    socket, and must work whatever else `.env` says.
+    """
+    path = env_file or os.environ.get("ENV_FILE") or str(DEFAULT_ENV_FILE)
+    if env_file is not None and not Path(path).is_file():
+        raise SettingsError(f"ENV_FILE: {path} does not exist")
+    fields = Settings.model_fields
+    defaults: dict[str, Any] = {}
+    problems: list[str] = []
+    for _ in range(len(fields) + 1):
+        try:
+            return Settings(_env_file=path, **defaults), problems
+        except ValidationError as exc:
+            for error in exc.errors():
+                loc = error.get("loc") or ()
+                name = str(loc[0]) if loc else ""
+                if name not in fields or name in defaults:
+                    raise SettingsError(_describe(dict(error))) from None
+                defaults[name] = fields[name].default
+                problems.append(_describe(dict(error)))
+    raise SettingsError("settings: could not fall back to the defaults")
+
+
+def _summary(settings: Settings, path: str) -> str:
+    key = "set" if settings.API_KEY is not None else "none (loopback only)"
+    programs = [name for name, on in settings.autostart_programs.items() if on]
+    return "\n".join(
+        [
+            f"settings ok: {path}",
+            f"  mode       {settings.DEPLOY_MODE} (starts {', '.join(programs)}; "
+            "workers on demand)",
+            f"  API        http://{settings.API_HOST}:{settings.API_PORT}  API_KEY {key}",
+            f"  Temporal   {settings.TEMPORAL_ADDRESS}  namespace {settings.TEMPORAL_NAMESPACE}"
+            f"  queues {settings.CPU_TASK_QUEUE}, {settings.GPU_TASK_QUEUE}",
+            f"  S3         {settings.MINIO_ENDPOINT}  bucket {settings.MINIO_BUCKET}",
+            f"  llama      {settings.LLAMA_URL}  model {settings.LLAMA_MODEL or '(none)'}"
+            f"  slots {settings.LLAMA_PARALLEL}",
+            f"  data       {settings.data_dir}",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Validate and print the project's settings.")
+    parser = argparse.ArgumentParser(
+        description="Check the project's settings and print a summary (exit 2 naming the "
+        "first bad variable), or print them as `export` lines for the launcher."
+    )
     parser.add_argument("--env-file", help="read this file instead of the project's .env")
     parser.add_argument(
         "--shell", action="store_true", help="print `export` lines for the launcher"
     )
-    parser.add_argument("--check-api", action="store_true", help="also check the API binding")
+    parser.add_argument(
+        "--check-api",
+        action="store_true",
+        help="with --shell: also refuse a non-loopback API_HOST without API_KEY",
+    )
+    parser.add_argument(
+        "--lenient",
+        action="store_true",
+        help="with --shell: warn about a bad value and use its default instead of failing "
+        "(for stopping and inspecting the stack)",
+    )
     args = parser.parse_args(argv)
+    path = args.env_file or os.environ.get("ENV_FILE") or str(DEFAULT_ENV_FILE)
     try:
-        settings = load_settings(args.env_file)
-        if args.check_api:
+        if args.shell and args.lenient:
+            settings, problems = _load_lenient(args.env_file)
+            for problem in problems:
+                print(
+                    f"warning: invalid setting {problem}; using its default here "
+                    f"(fix {path}, then check it with `python -m kernel.config`)",
+                    file=sys.stderr,
+                )
+        else:
+            settings = load_settings(args.env_file)
+        if args.check_api or not args.shell:
             settings.check_api_binding()
     except SettingsError as exc:
         print(f"error: invalid setting {exc}", file=sys.stderr)
@@ -311,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.shell:
         for name, value in sorted(settings.launcher_environment().items()):
             print(f"export {name}={shlex.quote(value)}")
+    else:
+        print(_summary(settings, path))
     return 0
 
 

@@ -5,7 +5,8 @@
 # Reads .env (or --env-file / $ENV_FILE), validates every setting, applies the defaults of
 # DEPLOY_MODE (hybrid | standalone | local) and starts supervisord on supervisord.conf.
 # When supervisord is already running it applies configuration changes instead
-# (`supervisorctl update`), so running it twice is harmless.
+# (`supervisorctl update`), so running it twice is harmless; when the settings differ from
+# those it was started with (saved in DATA_DIR/settings.started), it restarts the stack.
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -35,6 +36,23 @@ prepare_local_mode() {
       || die "llama-server is not built yet: run 'make setup' (or set LLAMA_SERVER_BIN)"
     export LLAMA_SERVER_BIN
   fi
+}
+
+# The settings the running supervisord was started with (every program inherits them).
+started_settings_file() { printf '%s/settings.started' "$DATA_DIR"; }
+
+save_started_settings() {
+  (umask 077 && printf '%s\n' "$SETTINGS_EXPORTS" >"$(started_settings_file)")
+}
+
+# Prints the names of the settings that differ from those the stack was started with
+# (never their values: they may be secrets); "?" when that is not known.
+changed_settings() {
+  local file
+  file="$(started_settings_file)"
+  [[ -f "$file" ]] || { echo "?"; return 0; }
+  { diff <(sort "$file") <(printf '%s\n' "$SETTINGS_EXPORTS" | sort) || true; } \
+    | sed -nE 's/^[<>] export ([A-Za-z0-9_]+)=.*/\1/p' | sort -u | paste -sd' ' -
 }
 
 wait_for_supervisord() {
@@ -82,11 +100,26 @@ main() {
     return 0
   fi
   if supervisord_running; then
-    log "supervisord already running; applying configuration changes"
-    supervisorctl_cmd update >&2
-    return 0
+    local changed
+    changed="$(changed_settings)"
+    if [[ -z "$changed" ]]; then
+      log "supervisord already running; applying configuration changes"
+      supervisorctl_cmd update >&2
+      return 0
+    fi
+    if [[ "$changed" == "?" ]]; then
+      log "supervisord already running, started without a record of its settings:" \
+        "a changed .env is not applied; to apply it: scripts/stop_services.sh && scripts/start_services.sh"
+      supervisorctl_cmd update >&2
+      return 0
+    fi
+    # Programs inherit supervisord's environment, so a changed setting needs a new
+    # supervisord (the deploy does the same); data under DATA_DIR is kept.
+    log "settings changed since the stack started (${changed}): restarting every program"
+    "${PROJECT_ROOT}/scripts/stop_services.sh" >&2
   fi
   rm -f "$SUPERVISOR_SOCKET"
+  save_started_settings
   if ((foreground)); then
     exec "${INSTANCE_VENV}/bin/supervisord" -n -c "$SUPERVISOR_CONF"
   fi

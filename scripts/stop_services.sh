@@ -19,7 +19,7 @@ main() {
     shift
   done
   [[ "${DEPLOY_TRACE:-0}" == 1 ]] && set -x
-  load_settings
+  load_settings --lenient
   local pidfile="${DATA_DIR}/supervisord.pid" pid
   if [[ ! -f "$pidfile" ]]; then
     log "not running (no ${pidfile})"

@@ -5,5 +5,5 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 LOG_PREFIX=supervisorctl
 [[ "${DEPLOY_TRACE:-0}" == 1 ]] && set -x
-load_settings
+load_settings --lenient
 exec "${INSTANCE_VENV}/bin/supervisorctl" -c "$SUPERVISOR_CONF" "$@"

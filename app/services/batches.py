@@ -4,6 +4,7 @@ stream results from the bucket."""
 from __future__ import annotations
 
 import asyncio
+import heapq
 import io
 import json
 import logging
@@ -16,6 +17,7 @@ from minio import Minio
 from minio.error import S3Error
 from temporalio.client import (
     Client,
+    WorkflowExecution,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowHandle,
@@ -184,16 +186,43 @@ class BatchService:
         return batch_status(batch_id, description.status, await description.memo())
 
     async def recent(self, limit: int) -> list[BatchStatus]:
+        """The `limit` batches created last, newest first.
+
+        Temporal's visibility store lists open workflows before closed ones and closed ones
+        by close time, so neither order is creation order (a batch still validating from
+        an hour ago came above one finished a second ago). Every open batch is read (there
+        are few at a time), then closed ones in close-time order until none closing
+        earlier can be among the newest: a batch closes after it was created.
+        """
         client = await temporal_client(self.temporal)
-        batches: list[BatchStatus] = []
-        query = f"WorkflowType = '{BATCH_WORKFLOW}'"
-        async for execution in client.list_workflows(query, limit=limit * 2):
+        base = f"WorkflowType = '{BATCH_WORKFLOW}'"
+        page_size = min(max(limit, 20), 1000)
+        newest: list[tuple[int, float, str]] = []  # min-heap of the `limit` newest keys
+        found: dict[tuple[int, float, str], BatchStatus] = {}
+
+        async def add(execution: WorkflowExecution) -> None:
+            batch = batch_status(execution.id, execution.status, await execution.memo())
+            started = execution.start_time.timestamp() if execution.start_time else 0.0
+            key = (batch.created_at or int(started), started, execution.id)
+            found[key] = batch
+            heapq.heappush(newest, key)
+            if len(newest) > limit:
+                del found[heapq.heappop(newest)]
+
+        async for execution in client.list_workflows(
+            f"{base} AND ExecutionStatus = 'Running'", page_size=page_size
+        ):
+            await add(execution)
+        async for execution in client.list_workflows(
+            f"{base} AND ExecutionStatus != 'Running'", page_size=page_size
+        ):
             if execution.status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
-                continue  # an earlier run of a batch listed again by its latest run
-            batches.append(batch_status(execution.id, execution.status, await execution.memo()))
-            if len(batches) >= limit:
-                break
-        return batches
+                continue  # an earlier run of a batch, listed again by its latest run
+            closed = execution.close_time.timestamp() if execution.close_time else 0.0
+            if len(newest) >= limit and closed < newest[0][0]:
+                break  # this and every later one was created before the oldest kept
+            await add(execution)
+        return [found[key] for key in sorted(found, reverse=True)]
 
     async def cancel(self, batch_id: str) -> BatchStatus:
         handle, description = await self._describe(batch_id)

@@ -23,11 +23,18 @@ dotenv_value() {
 }
 
 # Finds the runtime virtualenv and exports every setting (validated by kernel.config),
-# with the mode's defaults applied and paths made absolute.
+# with the mode's defaults applied and paths made absolute. Arguments go to
+# `kernel.config --shell`: `--check-api` (start-up), `--lenient` (stop and inspect: a bad
+# value is a warning and its default is used). SETTINGS_EXPORTS keeps the export lines.
 load_settings() {
   local env_file="${ENV_FILE:-${PROJECT_ROOT}/.env}"
   INSTANCE_VENV="${INSTANCE_VENV:-$(dotenv_value "$env_file" INSTANCE_VENV)}"
+  # A checkout with its own .venv (make setup) runs from it unless told otherwise.
+  if [[ -z "$INSTANCE_VENV" && ! -x /opt/venv/bin/python && -x "${PROJECT_ROOT}/.venv/bin/python" ]]; then
+    INSTANCE_VENV="${PROJECT_ROOT}/.venv"
+  fi
   INSTANCE_VENV="${INSTANCE_VENV:-/opt/venv}"
+  export INSTANCE_VENV
   PYTHON="${INSTANCE_VENV}/bin/python"
   [[ -x "$PYTHON" ]] || die "INSTANCE_VENV: no python at ${PYTHON}; run 'make setup' (or set INSTANCE_VENV)"
   local exports
@@ -36,6 +43,8 @@ load_settings() {
   exports="$(cd "$PROJECT_ROOT" && ENV_FILE="$env_file" "$PYTHON" -m kernel.config --shell "$@")" \
     || exit 2
   eval "$exports"
+  # shellcheck disable=SC2034 # read by start_services.sh
+  SETTINGS_EXPORTS="$exports"
   ((xtrace_was_on)) && set -x
   export INSTANCE_VENV PYTHON ENV_FILE="$env_file"
   export PATH="${INSTANCE_VENV}/bin:${PATH}"

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +111,71 @@ def test_readme_documents_every_setting() -> None:
     readme = (PROJECT_ROOT / "README.md").read_text()
     documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", readme, flags=re.M))
     assert set(Settings.model_fields) <= documented, set(Settings.model_fields) - documented
+
+
+def test_check_prints_a_summary(
+    env_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load(env_file, monkeypatch, DEPLOY_MODE="local", API_PORT="8123", API_KEY="k")
+    assert main(["--env-file", str(env_file)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"settings ok: {env_file}\n")
+    assert "mode       local" in out and "http://127.0.0.1:8123  API_KEY set" in out
+    assert "API_KEY=k" not in out and " k\n" not in out
+
+
+def test_check_refuses_a_public_api_without_a_key(
+    env_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load(env_file, monkeypatch, API_HOST="0.0.0.0")
+    assert main(["--env-file", str(env_file)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: invalid setting API_HOST: refusing to listen on 0.0.0.0")
+    load(env_file, monkeypatch, API_HOST="0.0.0.0", API_KEY="k")
+    assert main(["--env-file", str(env_file)]) == 0
+
+
+def test_check_names_a_bad_value(
+    env_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load(env_file, monkeypatch)
+    env_file.write_text("API_PORT=eighty\n")
+    assert main(["--env-file", str(env_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid setting API_PORT: Input should be a valid integer")
+    assert "'eighty'" in err
+
+
+def test_lenient_shell_falls_back_to_defaults_with_a_warning(
+    env_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load(env_file, monkeypatch)
+    env_file.write_text("API_PORT=eighty\nLOG_LEVEL=LOUD\nDATA_DIR=/srv/llm\n")
+    assert main(["--env-file", str(env_file), "--shell"]) == 2
+    capsys.readouterr()
+    assert main(["--env-file", str(env_file), "--shell", "--lenient"]) == 0
+    captured = capsys.readouterr()
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in captured.out.splitlines())
+    assert exports["API_PORT"] == "8000" and exports["LOG_LEVEL"] == "INFO"
+    # What stopping and inspecting need is kept from the file.
+    assert exports["DATA_DIR"] == "/srv/llm"
+    assert exports["SUPERVISOR_SOCKET"] == "/srv/llm/supervisor.sock"
+    warnings = captured.err.splitlines()
+    assert len(warnings) == 2
+    assert warnings[0].startswith("warning: invalid setting API_PORT:")
+    assert all("using its default" in w and str(env_file) in w for w in warnings)
+
+
+def test_app_core_config_still_checks_a_file(env_file: Path) -> None:
+    env_file.write_text("DEPLOY_MODE=local\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "app.core.config", "--env-file", str(env_file)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k not in Settings.model_fields},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("settings ok:")
