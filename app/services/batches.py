@@ -202,7 +202,9 @@ class BatchService:
             raise Conflict(f"batch {batch_id} is already {current.status}")
         await handle.cancel()
         logger.info("batch %s: cancel requested", batch_id)
-        return current.model_copy(update={"status": "cancelling"})
+        # The workflow publishes the same within a workflow task; answer it now.
+        cancelling_at = current.cancelling_at or int(time.time())
+        return current.model_copy(update={"status": "cancelling", "cancelling_at": cancelling_at})
 
     # Results ---------------------------------------------------------------------------
 
