@@ -67,6 +67,8 @@ def _cancelled_by_workflow() -> bool:
 
 async def _first_failure(tasks: list[asyncio.Task[None]]) -> None:
     """Waits for every task; on the first failure cancels the others and raises it."""
+    if not tasks:
+        return
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     failed = next((task for task in done if task.exception() is not None), None)
     if failed is None:
@@ -208,7 +210,7 @@ class InferenceActivities:
                 raise
             kept = [line for line in answered if line is not None]
             activity.logger.info(
-                "batch %s shard %d cancelled: keeping %d of %d answered line(s)",
+                "batch %s shard %d cancelled: keeping the %d line(s) of %d answered so far",
                 params.batch_id,
                 params.shard,
                 len(kept),
