@@ -224,6 +224,12 @@ class Settings(BaseSettings):
     def task_queues(self) -> dict[str, str]:
         return {"cpu": self.CPU_TASK_QUEUE, "gpu": self.GPU_TASK_QUEUE}
 
+    @property
+    def gpu_urgent_task_queue(self) -> str:
+        """Where single /process requests go: the GPU worker polls it with room of its own,
+        so shards filling the GPU queue never hold them back."""
+        return f"{self.GPU_TASK_QUEUE}-urgent"
+
     def check_api_binding(self) -> None:
         """The API refuses a non-loopback address without a key."""
         if not is_loopback(self.API_HOST) and self.API_KEY is None:

@@ -83,27 +83,42 @@ async def run(queue: str, settings: Settings) -> int:
     client = await connect_with_retry(settings, identity)
     registry = build_registry(queue, settings)
     tracker = IdleTracker()
-    worker = Worker(
-        client,
-        task_queue=task_queue,
-        workflows=registry.workflows,
-        activities=registry.activities,
-        interceptors=[tracker],
-        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-        max_concurrent_activities=registry.max_concurrent_activities,
-        activity_executor=registry.activity_executor,
-        identity=identity,
-    )
+    workers = [
+        Worker(
+            client,
+            task_queue=task_queue,
+            workflows=registry.workflows,
+            activities=registry.activities,
+            interceptors=[tracker],
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+            max_concurrent_activities=registry.max_concurrent_activities,
+            max_heartbeat_throttle_interval=registry.max_heartbeat_throttle_interval,
+            activity_executor=registry.activity_executor,
+            identity=identity,
+        )
+    ]
+    if registry.urgent_activities:
+        workers.append(
+            Worker(
+                client,
+                task_queue=settings.gpu_urgent_task_queue,
+                activities=registry.urgent_activities,
+                interceptors=[tracker],
+                graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+                max_concurrent_activities=registry.urgent_max_concurrent_activities,
+                identity=identity,
+            )
+        )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    logger.info("worker %s polling %s", identity, task_queue)
-    worker_task = asyncio.create_task(worker.run())
+    logger.info("worker %s polling %s", identity, ", ".join(w.task_queue for w in workers))
+    worker_tasks = [asyncio.create_task(w.run()) for w in workers]
     stop_task = asyncio.create_task(stop.wait())
-    waiters: set[asyncio.Task[object]] = {worker_task, stop_task}
+    waiters: set[asyncio.Task[object]] = {*worker_tasks, stop_task}
     idle_limit = settings.WORKER_IDLE_EXIT_SECONDS
     if idle_limit > 0:
         waiters.add(
@@ -112,18 +127,19 @@ async def run(queue: str, settings: Settings) -> int:
             )
         )
     done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    if worker_task in done:
-        worker_task.result()  # the worker failed by itself: raise, exit non-zero
-        return 1
+    for worker_task in worker_tasks:
+        if worker_task in done:
+            worker_task.result()  # the worker failed by itself: raise, exit non-zero
+            return 1
     if stop_task in done:
         logger.info("stop requested; finishing in-flight work (up to %s)", GRACEFUL_SHUTDOWN)
     else:
         logger.info("idle for %ss; exiting", idle_limit)
     for task in pending:
-        if task is not worker_task:
+        if task not in worker_tasks:
             task.cancel()
-    await worker.shutdown()
-    await worker_task
+    await asyncio.gather(*(w.shutdown() for w in workers))
+    await asyncio.gather(*worker_tasks)
     await registry.close()
     logger.info("worker %s stopped", identity)
     return 0

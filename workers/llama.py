@@ -98,6 +98,24 @@ class SlotGate:
         self._used -= 1
 
 
+class RetryBudget:
+    """How long a request may keep failing transiently, counted from `start()` (its first
+    call wins)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._deadline: float | None = None
+
+    def start(self) -> None:
+        if self._deadline is None:
+            self._deadline = asyncio.get_running_loop().time() + self.seconds
+
+    def left(self) -> float:
+        if self._deadline is None:
+            return self.seconds
+        return self._deadline - asyncio.get_running_loop().time()
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -169,9 +187,17 @@ class LlamaClient:
             self._gate.size = slots
         return slots
 
-    async def _with_retries(self, send: Callable[[], Awaitable[Answer]], what: str) -> Answer:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.retry_budget_seconds
+    async def _with_retries(
+        self,
+        send: Callable[[], Awaitable[Answer]],
+        what: str,
+        budget: RetryBudget | None = None,
+    ) -> Answer:
+        """Sends until the answer is not transient or `budget` (started now when not given)
+        runs out."""
+        if budget is None:
+            budget = RetryBudget(self.retry_budget_seconds)
+            budget.start()
         delay = 0.25
         while True:
             try:
@@ -181,7 +207,7 @@ class LlamaClient:
                 problem = f"HTTP {answer.status}"
             except (aiohttp.ClientError, TimeoutError) as exc:  # refused, reset, timeouts
                 problem = repr(exc)
-            if loop.time() + delay > deadline:
+            if budget.left() < delay:
                 raise LlamaUnavailable(
                     f"{what}: llama-server at {self.base_url} failing for "
                     f"{self.retry_budget_seconds:g}s, last: {problem}"
@@ -196,12 +222,16 @@ class LlamaClient:
         """One request → one output line (`error` set when the request itself failed)."""
         await self.slots()
         request_id = new_request_id()
+        # Counted from the first slot: the time spent queued behind the other requests of
+        # a shard (minutes, on a busy box) is not llama-server failing.
+        budget = RetryBudget(self.retry_budget_seconds)
 
         async def send() -> Answer:
             async with self._gate.slot(urgent):
+                budget.start()
                 return await self._request("POST", url, body)
 
-        answer = await self._with_retries(send, f"{custom_id}: POST {url}")
+        answer = await self._with_retries(send, f"{custom_id}: POST {url}", budget)
         try:
             payload: Any = json.loads(answer.body)
         except ValueError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from kernel.config import Settings
@@ -18,10 +19,14 @@ from workers.workflows.process import ProcessWorkflow
 
 # Shard activities one GPU worker runs at once (BATCH_WINDOW's default): the requests of the
 # next shard take over the slots of one that is finishing. Single /process requests get
-# room of their own on top.
+# room of their own on top, and a worker of their own on the urgent queue, where shards
+# never go, so a GPU worker full of shards still takes them.
 GPU_CONCURRENT_SHARDS = 4
 PROCESS_REQUESTS_ROOM = 16
 CPU_CONCURRENT_ACTIVITIES = 8
+# A cancel reaches a running shard in the answer to its next heartbeat; the SDK otherwise
+# sends them at 80% of the heartbeat timeout (12 s), so cancelled requests ran that long.
+GPU_HEARTBEAT_THROTTLE = timedelta(seconds=1)
 
 
 @dataclass
@@ -30,6 +35,10 @@ class Registry:
     activities: Sequence[Callable[..., Any]] = ()
     max_concurrent_activities: int | None = None
     activity_executor: ThreadPoolExecutor | None = None
+    max_heartbeat_throttle_interval: timedelta = timedelta(seconds=60)  # the SDK's default
+    # Activities also served on Settings.gpu_urgent_task_queue, with room of their own.
+    urgent_activities: Sequence[Callable[..., Any]] = ()
+    urgent_max_concurrent_activities: int | None = None
     _llama: LlamaClient | None = field(default=None, repr=False)
 
     async def close(self) -> None:
@@ -61,5 +70,8 @@ def build_registry(queue: str, settings: Settings) -> Registry:
     return Registry(
         activities=[inference.run_shard, inference.process_request],
         max_concurrent_activities=GPU_CONCURRENT_SHARDS + PROCESS_REQUESTS_ROOM,
+        max_heartbeat_throttle_interval=GPU_HEARTBEAT_THROTTLE,
+        urgent_activities=[inference.process_request],
+        urgent_max_concurrent_activities=PROCESS_REQUESTS_ROOM,
         _llama=llama,
     )

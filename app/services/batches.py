@@ -78,6 +78,19 @@ def batch_status(
     return batch.model_copy(update=changes)
 
 
+def cancel_requested(description: WorkflowExecutionDescription) -> bool:
+    """Temporal's own record that a cancel was requested: set by the cancel call itself,
+    before the workflow has run and published `cancelling` (tens of milliseconds, seconds
+    on a busy CPU worker)."""
+    return bool(description.raw_description.workflow_extended_info.cancel_requested)
+
+
+def as_cancelling(batch: BatchStatus) -> BatchStatus:
+    """`batch` as its workflow will publish it once it has seen the cancel."""
+    cancelling_at = batch.cancelling_at or int(time.time())
+    return batch.model_copy(update={"status": "cancelling", "cancelling_at": cancelling_at})
+
+
 class BatchService:
     def __init__(self, settings: Settings, temporal: TemporalService, s3: Minio) -> None:
         self.settings = settings
@@ -183,7 +196,12 @@ class BatchService:
 
     async def get(self, batch_id: str) -> BatchStatus:
         _, description = await self._describe(batch_id)
-        return batch_status(batch_id, description.status, await description.memo())
+        batch = batch_status(batch_id, description.status, await description.memo())
+        if batch.status in ("validating", "in_progress", "finalizing") and cancel_requested(
+            description
+        ):
+            return as_cancelling(batch)  # the workflow has yet to publish it
+        return batch
 
     async def recent(self, limit: int) -> list[BatchStatus]:
         """The `limit` batches created last, newest first.
@@ -231,7 +249,7 @@ class BatchService:
             raise Conflict(f"batch {batch_id} is already {current.status}")
         await handle.cancel()
         logger.info("batch %s: cancel requested", batch_id)
-        return current.model_copy(update={"status": "cancelling"})
+        return as_cancelling(current)
 
     # Results ---------------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ class ProcessService:
                 ProcessInput(
                     request_id=process_id,
                     request=request,
-                    gpu_task_queue=self.settings.GPU_TASK_QUEUE,
+                    gpu_task_queue=self.settings.gpu_urgent_task_queue,
                 ),
                 id=process_id,
                 task_queue=self.settings.CPU_TASK_QUEUE,

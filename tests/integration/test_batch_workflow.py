@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,61 @@ async def test_cancel_merges_what_finished(env: WorkflowEnvironment) -> None:
     memo = await description.memo()
     assert memo["status"] == "cancelled"
     assert len(fakes.shard_runs) < 50
+
+
+class SlowToCancelShards(FakeActivities):
+    """Shards that run until cancelled, then take until `release` to stop, and complete
+    with the lines they answered (as run_shard does), 3 each."""
+
+    def __init__(self, shards: int) -> None:
+        super().__init__(shards)
+        self.started = 0
+        self.release = asyncio.Event()
+
+    @activity.defn(name="run_shard")
+    async def run_shard(self, params: ShardInput) -> ShardResult:
+        self.started += 1
+        try:
+            while True:
+                activity.heartbeat()
+                await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            await self.release.wait()
+            self.shard_runs.append(params.shard)
+            return ShardResult(
+                shard=params.shard, completed=3, failed=0, input_tokens=5, box="test-box"
+            )
+
+
+async def test_cancel_shows_before_the_shards_stop_and_counts_their_answers(
+    env: WorkflowEnvironment,
+) -> None:
+    fakes = SlowToCancelShards(shards=10)
+    queue, batch_id, result = await run_batch(env, fakes, window=2)
+    handle = env.client.get_workflow_handle(batch_id)
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[BatchWorkflow],
+        activities=[fakes.split_input, fakes.run_shard, fakes.merge_results],
+        max_heartbeat_throttle_interval=timedelta(milliseconds=100),
+    ):
+        while fakes.started < 2:
+            await asyncio.sleep(0.05)
+        await handle.cancel()
+        try:
+            async with asyncio.timeout(60):  # before the fix, only once the shards stopped
+                while (memo := await (await handle.describe()).memo())["status"] != "cancelling":
+                    await asyncio.sleep(0.05)
+            assert memo["cancelling_at"] is not None
+            assert fakes.shard_runs == [], "cancelling shows while the shards still stop"
+        finally:
+            fakes.release.set()
+        with pytest.raises(WorkflowFailureError):
+            await result
+    memo = await (await handle.describe()).memo()
+    assert memo["status"] == "cancelled"
+    assert sorted(fakes.shard_runs) == [0, 1]
+    assert memo["usage"]["input_tokens"] == 10, "the stopped shards' answers count"
+    assert memo["boxes"] == {"test-box": 6}
+    assert [m.status for m in fakes.merges] == ["cancelled"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections import Counter
 
 import pytest
 
@@ -67,21 +68,68 @@ def test_api_restart_mid_batch_keeps_status_right(stack: Stack) -> None:
     assert_complete(stack, batch["id"], "a")
 
 
-def test_cancel_mid_batch_keeps_finished_results(stack: Stack) -> None:
-    # Large enough that the batch cannot finish while the cancellation reaches the shards.
-    total = 4000
-    batch = start_batch(stack, "x", count=total, max_tokens=32)
+def test_cancel_shows_at_once_stops_the_shards_and_keeps_every_answer(stack: Stack) -> None:
+    # Large enough that the batch cannot finish while the cancellation reaches the shards,
+    # shards large enough that the running ones have answered some of their lines by then.
+    total, shard = 4000, 200
+    items = batches.chat_items(total, prefix="x", max_tokens=32)
+    batch = batches.submit(stack, items=items, shard_size=shard)
+    batches.wait_until(
+        stack,
+        batch["id"],
+        lambda b: b["status"] == "in_progress" and b["request_counts"]["completed"] >= shard,
+        timeout=120,
+    )
+    answered_before = {line["custom_id"] for line in batches.results(stack, batch["id"])}
+
     response = stack.http.post(f"/batch/{batch['id']}/cancel")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "cancelling"
+    assert response.json()["cancelling_at"] is not None
+    seen = batches.get(stack, batch["id"])
+    assert seen["status"] == "cancelling", seen
+    assert seen["cancelling_at"] is not None
+
     done = batches.wait_terminal(stack, batch["id"], timeout=120)
     assert done["status"] == "cancelled", done
+    assert done["cancelling_at"] is not None and done["cancelled_at"] is not None
     counts = done["request_counts"]
-    assert SHARD <= counts["completed"] < total // 2
+    assert shard <= counts["completed"] < total // 2  # the running shards stopped
     output = batches.results(stack, batch["id"])
     assert len(output) == counts["completed"]
     ids = [line["custom_id"] for line in output]
     assert len(ids) == len(set(ids))
+    assert answered_before <= set(ids)
+    assert all(line["error"] is None for line in output)
+    # The shards running at the cancel kept what they had answered: some shard is there in
+    # part, and more lines are kept than the finished shards hold.
+    per_shard = Counter(int(custom_id[1:]) // shard for custom_id in ids)
+    assert any(0 < count < shard for count in per_shard.values()), per_shard
+    finished = sum(1 for count in per_shard.values() if count == shard)
+    assert len(output) > finished * shard
+    assert batches.errors(stack, batch["id"]) == []
+
     again = stack.http.post(f"/batch/{batch['id']}/cancel")
     assert again.status_code == 409
     assert "already cancelled" in again.json()["error"]["message"]
+
+
+def test_cancel_shows_even_before_the_workflow_has_seen_it(stack: Stack) -> None:
+    """With the CPU worker away the workflow cannot publish `cancelling` yet; the API still
+    says it, from Temporal's record of the request, and the cancel completes on its return."""
+    batch = start_batch(stack, "w")
+    assert "worker-cpu: stopped" in stack.supervisorctl("stop", "worker-cpu")
+    try:
+        response = stack.http.post(f"/batch/{batch['id']}/cancel")
+        assert response.status_code == 200, response.text
+        seen = batches.get(stack, batch["id"])
+        assert seen["status"] == "cancelling", seen
+        assert seen["cancelling_at"] is not None
+    finally:
+        stack.supervisorctl("start", "worker-cpu")
+    done = batches.wait_terminal(stack, batch["id"], timeout=180)
+    assert done["status"] == "cancelled", done
+    output = batches.results(stack, batch["id"])
+    assert len(output) == done["request_counts"]["completed"] >= SHARD
+    ids = [line["custom_id"] for line in output]
+    assert len(ids) == len(set(ids))

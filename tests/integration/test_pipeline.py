@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
 import time
 
 import pytest
+from temporalio.client import Client
 
 from tests.support import batches
 from tests.support.stack import Stack
@@ -192,6 +194,23 @@ def test_process_answers_synchronously_or_with_an_id_to_poll(stack: Stack) -> No
         time.sleep(0.1)
     assert polled.status_code == 200
     assert polled.json()["output"]["custom_id"] == "later"
+
+
+def test_process_requests_run_on_the_gpu_workers_urgent_queue(stack: Stack) -> None:
+    """Shards never go to that queue, so a GPU worker full of shards still takes them."""
+    response = stack.http.post("/process", json={"prompt": "hi", "max_tokens": 2, "timeout_s": 60})
+    assert response.status_code == 200, response.text
+
+    async def activity_queues() -> list[str]:
+        client = await Client.connect(stack.env["TEMPORAL_ADDRESS"])
+        history = await client.get_workflow_handle(response.json()["id"]).fetch_history()
+        return [
+            event.activity_task_scheduled_event_attributes.task_queue.name
+            for event in history.events
+            if event.HasField("activity_task_scheduled_event_attributes")
+        ]
+
+    assert asyncio.run(activity_queues()) == [f"{stack.env['GPU_TASK_QUEUE']}-urgent"]
 
 
 @pytest.mark.parametrize(

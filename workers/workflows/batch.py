@@ -54,6 +54,9 @@ IO_TIMEOUT = timedelta(hours=2)
 IO_HEARTBEAT = timedelta(seconds=60)
 SHARD_TIMEOUT = timedelta(hours=2)
 SHARD_HEARTBEAT = timedelta(seconds=15)
+# Batches cancelled by earlier code published `cancelling` only after their running shards
+# had stopped, and did not count what those shards had answered.
+CANCEL_PUBLISHES_FIRST = "cancel-publishes-first"
 
 
 @workflow.defn(name=BATCH_WORKFLOW)
@@ -91,7 +94,7 @@ class BatchWorkflow:
             self._publish(status="finalizing", finalizing_at=self._now())
             merged = await self._merge(params, progress, "completed")
         except asyncio.CancelledError:
-            self._publish(status="cancelling", cancelling_at=self._now())
+            self._publish_cancelling()
             merged = await self._merge(params, progress, "cancelled")
             self._publish(
                 status="cancelled",
@@ -206,12 +209,41 @@ class BatchWorkflow:
                     boxes=dict(progress.boxes),
                 )
         except asyncio.CancelledError:
-            for task in in_flight:
-                task.cancel()
-            if in_flight:
-                await workflow.wait(list(in_flight))
+            await self._cancel_shards(in_flight, progress)
             raise
         return False
+
+    def _publish_cancelling(self) -> None:
+        if self._status.status != "cancelling":
+            self._publish(status="cancelling", cancelling_at=self._now())
+
+    async def _cancel_shards(
+        self,
+        in_flight: dict[workflow.ActivityHandle[ShardResult], int],
+        progress: BatchProgress,
+    ) -> None:
+        """Shows `cancelling` at once, then cancels the running shards and waits for them:
+        each keeps the lines it answered as its result (see run_shard) and completes, so
+        its counts join the batch's."""
+        keeps_answers = workflow.patched(CANCEL_PUBLISHES_FIRST)
+        if keeps_answers:
+            self._publish_cancelling()
+        for task in in_flight:
+            task.cancel()
+        if not in_flight:
+            return
+        await workflow.wait(list(in_flight))
+        if not keeps_answers:
+            return
+        for task in in_flight:
+            if not task.cancelled() and task.exception() is None:
+                progress.add(task.result())
+        self._publish(
+            request_counts=self._counts(progress),
+            usage=progress.usage,
+            gpu_seconds=round(progress.gpu_seconds, 3),
+            boxes=dict(progress.boxes),
+        )
 
     async def _merge(self, params: BatchInput, progress: BatchProgress, status: str) -> MergeResult:
         merged: MergeResult = await workflow.execute_activity_method(
