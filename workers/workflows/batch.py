@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         ShardInput,
         ShardResult,
         SplitInput,
+        batch_cost_usd,
         errors_key,
         output_key,
     )
@@ -54,6 +55,10 @@ IO_TIMEOUT = timedelta(hours=2)
 IO_HEARTBEAT = timedelta(seconds=60)
 SHARD_TIMEOUT = timedelta(hours=2)
 SHARD_HEARTBEAT = timedelta(seconds=15)
+
+
+class BudgetReached(Exception):
+    """The batch's cost would pass its max_cost_usd: it stops as a cancel does."""
 
 
 @workflow.defn(name=BATCH_WORKFLOW)
@@ -90,6 +95,8 @@ class BatchWorkflow:
                 )
             self._publish(status="finalizing", finalizing_at=self._now())
             merged = await self._merge(params, progress, "completed")
+        except BudgetReached as reached:
+            return await self._stop_for_budget(params, progress, str(reached))
         except asyncio.CancelledError:
             self._publish(status="cancelling", cancelling_at=self._now())
             merged = await self._merge(params, progress, "cancelled")
@@ -205,6 +212,13 @@ class BatchWorkflow:
                     gpu_seconds=round(progress.gpu_seconds, 3),
                     boxes=dict(progress.boxes),
                 )
+                over_budget = self._over_budget(params, progress, len(in_flight))
+                if over_budget:
+                    for task in in_flight:
+                        task.cancel()
+                    if in_flight:
+                        await workflow.wait(list(in_flight))
+                    raise BudgetReached(over_budget)
         except asyncio.CancelledError:
             for task in in_flight:
                 task.cancel()
@@ -212,6 +226,48 @@ class BatchWorkflow:
                 await workflow.wait(list(in_flight))
             raise
         return False
+
+    def _over_budget(self, params: BatchInput, progress: BatchProgress, running: int) -> str:
+        """A message when one more shard at the average cost so far would pass the budget."""
+        if params.max_cost_usd is None or not params.gpu_price_per_hour:
+            return ""
+        started = self._status.in_progress_at or self._now()
+        cost = batch_cost_usd(
+            params.gpu_price_per_hour,
+            progress.gpu_seconds,
+            float(self._now() - started),
+            len(progress.boxes),
+        )
+        finished = progress.next_shard - running
+        if cost is None or not finished:
+            return ""
+        if cost + cost / finished <= params.max_cost_usd:
+            return ""
+        return (
+            f"budget reached: the batch cost ${cost:.4f} of its max_cost_usd "
+            f"${params.max_cost_usd:g}; stopped as a cancel does, finished results kept"
+        )
+
+    async def _stop_for_budget(
+        self, params: BatchInput, progress: BatchProgress, message: str
+    ) -> BatchResult:
+        self._publish(status="cancelling", cancelling_at=self._now())
+        merged = await self._merge(params, progress, "cancelled")
+        self._publish(
+            status="cancelled",
+            cancelled_at=self._now(),
+            errors=BatchErrors(message=message),
+            request_counts=self._merged_counts(progress, merged),
+        )
+        return BatchResult(
+            batch_id=params.batch_id,
+            status="cancelled",
+            total=progress.total,
+            completed=merged.completed,
+            failed=merged.failed,
+            output_key=merged.output_key,
+            error_key=merged.error_key,
+        )
 
     async def _merge(self, params: BatchInput, progress: BatchProgress, status: str) -> MergeResult:
         merged: MergeResult = await workflow.execute_activity_method(
