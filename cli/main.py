@@ -23,7 +23,7 @@ from rich.progress import (
     Task,
     TextColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from cli.client import Api, ApiError, ApiUnreachable, resolve
@@ -76,6 +76,12 @@ def main(
 def _emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=None) + "\n")
     sys.stdout.flush()
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """One line on stderr; the caller raises the returned Exit."""
+    sys.stderr.write(f"error: {message}\n")
+    return typer.Exit(code)
 
 
 def exit_code(batch: dict[str, Any]) -> int:
@@ -253,16 +259,15 @@ def read_items(path: Path) -> list[Any]:
             try:
                 items.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise typer.BadParameter(
-                    f"{path}:{number}: not JSON ({exc.msg} at column {exc.colno})"
-                ) from None
+                raise fail(f"{path}:{number}: not JSON ({exc.msg} at column {exc.colno})") from None
     return items
 
 
 @app.command()
 def submit(
     file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, help="JSONL of request lines")
+        Path,
+        typer.Argument(exists=True, dir_okay=False, metavar="FILE", help="JSONL of request lines"),
     ],
     endpoint: Annotated[
         str, typer.Option(help="default url of lines without one")
@@ -280,10 +285,10 @@ def submit(
     """Submit a JSONL file as a batch (inline items, up to the API's MAX_INLINE_ITEMS)."""
     items = read_items(file)
     if not items:
-        raise typer.BadParameter(f"{file} has no request lines")
+        raise fail(f"{file} has no request lines")
     limit = state.api.target.max_inline_items
     if len(items) > limit:
-        raise typer.BadParameter(
+        raise fail(
             f"{file} has {len(items)} lines; inline batches take at most {limit} "
             "(MAX_INLINE_ITEMS): split the file, or upload it to the bucket and POST /batch "
             "with input_key"
@@ -293,13 +298,13 @@ def submit(
         try:
             body["defaults"] = json.loads(defaults)
         except json.JSONDecodeError as exc:
-            raise typer.BadParameter(f"--defaults is not JSON: {exc.msg}") from None
+            raise fail(f"--defaults is not JSON: {exc.msg}") from None
         if not isinstance(body["defaults"], dict):
-            raise typer.BadParameter("--defaults must be a JSON object")
+            raise fail("--defaults must be a JSON object")
     if metadata:
         pairs = [item.partition("=") for item in metadata]
         if any(not sep or not key for key, sep, _ in pairs):
-            raise typer.BadParameter("--metadata takes KEY=VALUE")
+            raise fail("--metadata takes KEY=VALUE")
         body["metadata"] = {key: value for key, _, value in pairs}
     if max_cost is not None:
         body["max_cost_usd"] = max_cost
@@ -319,7 +324,7 @@ def submit(
 
 @app.command()
 def watch(
-    batch_id: Annotated[str, typer.Argument(help="batch id")],
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")],
     interval: Annotated[float, typer.Option(min=0.2, help="seconds between polls")] = 1.0,
 ) -> None:
     """Live progress until the batch ends: done of total, req/s, tok/s, time left, cost."""
@@ -327,7 +332,7 @@ def watch(
 
 
 @app.command()
-def status(batch_id: Annotated[str, typer.Argument(help="batch id")]) -> None:
+def status(batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")]) -> None:
     """One batch: counts, rates, time left, cost (exit 1 failed, 3 cancelled)."""
     finish(state.api.batch(batch_id))
 
@@ -341,7 +346,7 @@ def list_batches(
     if state.json:
         _emit_json(batches)
         return
-    table = Table("id", "status", "done", "total", "req/s", "cost", "created")
+    table = Table(Column("id", no_wrap=True), "status", "done", "total", "req/s", "cost", "created")
     for batch in batches:
         counts = batch.get("request_counts") or {}
         created = batch.get("created_at")
@@ -377,7 +382,7 @@ def _download(batch_id: str, kind: str, output: Path | None) -> None:
 
 @app.command()
 def results(
-    batch_id: Annotated[str, typer.Argument(help="batch id")],
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")],
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="file (default stdout)")
     ] = None,
@@ -388,7 +393,7 @@ def results(
 
 @app.command()
 def errors(
-    batch_id: Annotated[str, typer.Argument(help="batch id")],
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")],
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="file (default stdout)")
     ] = None,
@@ -398,7 +403,7 @@ def errors(
 
 
 @app.command()
-def cancel(batch_id: Annotated[str, typer.Argument(help="batch id")]) -> None:
+def cancel(batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")]) -> None:
     """Cancel a batch; its finished results are kept."""
     batch = state.api.cancel(batch_id)
     if state.json:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from app.services.metrics import Metrics
 
@@ -26,8 +26,9 @@ llm_batch_requests_total{outcome="completed"} 10000.0
         "task queue, HTTP request latency per route, workers started on demand. Temporal is "
         "read at scrape time; `llm_batch_temporal_up` is 0 when it could not be."
     ),
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": _EXAMPLE}}}},
+    responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {"example": _EXAMPLE}}}},
 )
 async def metrics(request: Request) -> Response:
     collector: Metrics = request.app.state.metrics
-    return Response(await collector.render(), media_type=CONTENT_TYPE_LATEST)
+    # The 0.0.4 text format: what every Prometheus version reads.
+    return Response(await collector.render(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
