@@ -7,9 +7,9 @@ Routes:
 * `GET /api/health` → the API's `GET /health`
 * `GET /api/queues` → the API's `GET /queues`
 * `GET /api/batches` → the API's `GET /batches?limit=20`
-* `POST /api/batch?endpoint=&defaults=&max_cost_usd=` with a JSONL body (the file the user
-  picked) → the API's `POST /batch` with the lines as inline `items`. A line that is not
-  JSON is refused here with its number; the API checks the rest (and its own
+* `POST /api/batch?endpoint=&defaults=&max_cost_usd=&shard_size=` with a JSONL body (the
+  file the user picked) → the API's `POST /batch` with the lines as inline `items`. A line
+  that is not JSON is refused here with its number; the API checks the rest (and its own
   MAX_INLINE_ITEMS and MAX_REQUEST_BYTES limits).
 * `GET /api/batch/{id}` → `GET /batch/{id}`; `POST /api/batch/{id}/cancel` → the cancel.
 * `GET /api/batch/{id}/results` and `.../errors` → the JSONL streamed through, as a
@@ -244,7 +244,11 @@ def jsonl_items(payload: bytes) -> list[Any]:
 
 
 def batch_body(
-    payload: bytes, endpoint: str | None, defaults: str | None, max_cost_usd: str | None
+    payload: bytes,
+    endpoint: str | None,
+    defaults: str | None,
+    max_cost_usd: str | None,
+    shard_size: str | None = None,
 ) -> dict[str, Any]:
     """The API's POST /batch body for an uploaded file and the form's options."""
     items = jsonl_items(payload)
@@ -266,6 +270,10 @@ def batch_body(
             body["max_cost_usd"] = float(max_cost_usd)
         except ValueError:
             raise ValueError(f"budget must be a number of dollars, got {max_cost_usd!r}") from None
+    if shard_size and shard_size.strip():
+        if not shard_size.strip().isdigit():
+            raise ValueError(f"shard size must be a whole number, got {shard_size!r}")
+        body["shard_size"] = int(shard_size)
     return body
 
 
@@ -337,6 +345,7 @@ def create_app(settings: Settings) -> FastAPI:
         endpoint: str | None = None,
         defaults: str | None = None,
         max_cost_usd: str | None = None,
+        shard_size: str | None = None,
     ) -> Response:
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > settings.MAX_REQUEST_BYTES:
@@ -347,7 +356,7 @@ def create_app(settings: Settings) -> FastAPI:
                 "(MAX_REQUEST_BYTES): split it, or upload it to the bucket and use input_key",
             )
         try:
-            body = batch_body(await request.body(), endpoint, defaults, max_cost_usd)
+            body = batch_body(await request.body(), endpoint, defaults, max_cost_usd, shard_size)
         except ValueError as exc:
             return error_response(400, "invalid_request_error", str(exc))
         return await proxy(request).call(

@@ -293,6 +293,8 @@ async function submitBatch(event) {
   if (defaults) params.set("defaults", defaults);
   const budget = document.getElementById("batch-budget").value.trim();
   if (budget) params.set("max_cost_usd", budget);
+  const shardSize = document.getElementById("batch-shard-size").value.trim();
+  if (shardSize) params.set("shard_size", shardSize);
   const button = document.getElementById("batch-submit");
   button.disabled = true;
   say(`uploading ${file.name} (${file.size.toLocaleString("en-US")} bytes)…`);
