@@ -44,7 +44,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
+# Piped output is not cut at 80 columns: tables stay whole for grep and logs.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False)
 
 
@@ -357,7 +358,7 @@ def list_batches(
             str(counts.get("total", 0)),
             rate(batch.get("requests_per_second"), ""),
             money(batch.get("cost_usd")),
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)) if created else "",
+            time.strftime("%m-%d %H:%M", time.localtime(created)) if created else "",
         )
     out.print(table)
 

@@ -39,7 +39,14 @@ def metrics_runtime(port: int) -> Runtime | None:
     activity and workflow counts) as Prometheus text on 127.0.0.1:port; None when 0."""
     if not port:
         return None
-    telemetry = TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}"))
+    # Prometheus' own conventions: durations in seconds, unit and _total suffixes.
+    prometheus = PrometheusConfig(
+        bind_address=f"127.0.0.1:{port}",
+        counters_total_suffix=True,
+        unit_suffix=True,
+        durations_as_seconds=True,
+    )
+    telemetry = TelemetryConfig(metrics=prometheus)
     logger.info("Temporal SDK metrics on http://127.0.0.1:%d/metrics", port)
     return Runtime(telemetry=telemetry)
 

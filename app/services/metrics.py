@@ -23,7 +23,14 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from temporalio.client import WorkflowExecutionStatus
 
 from app.services.batches import batch_status
@@ -74,6 +81,7 @@ class Metrics:
     def __init__(self, settings: Settings, temporal: TemporalService) -> None:
         self.settings = settings
         self.temporal = temporal
+        disable_created_metrics()  # no `_created` series next to every counter
         self.registry = CollectorRegistry()
         r = self.registry
         self.http_latency = Histogram(

@@ -204,6 +204,8 @@ def test_worker_exports_temporal_sdk_metrics(stack: Stack, tmp_path: Path) -> No
         names = {family.name for family in text_string_to_metric_families(text)}
         assert any(name.startswith("temporal_") for name in names), text[:500]
         assert "temporal_worker_task_slots_available" in names, sorted(names)
+        # Prometheus conventions: durations in seconds, named so.
+        assert "temporal_request_latency_seconds" in names, sorted(names)
     finally:
         os.kill(worker.pid, signal.SIGTERM)
         worker.wait(timeout=60)
