@@ -184,6 +184,9 @@ def batch_table(batch: dict[str, Any]) -> Table:
 class RateColumn(ProgressColumn):
     """requests/s, tokens/s, time left and cost, as the API computes them."""
 
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(no_wrap=True))
+
     def render(self, task: Task) -> Text:
         batch: dict[str, Any] = task.fields.get("batch") or {}
         text = (
