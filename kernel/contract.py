@@ -177,6 +177,12 @@ class BatchStatus(BaseModel):
             return self.finalizing_at or self.cancelling_at
         return None
 
+    def _rate_seconds(self) -> float | None:
+        """The elapsed time rates divide by: timestamps are whole seconds, so a batch done
+        within one counts as one second."""
+        elapsed = self.elapsed_seconds
+        return None if elapsed is None else max(1.0, elapsed)
+
     @computed_field(  # type: ignore[prop-decorator]
         description="Seconds since the first shard could start (to the end once finished)."
     )
@@ -192,8 +198,8 @@ class BatchStatus(BaseModel):
     )
     @property
     def requests_per_second(self) -> float | None:
-        elapsed = self.elapsed_seconds
-        if not elapsed:
+        elapsed = self._rate_seconds()
+        if elapsed is None:
             return None
         counts = self.request_counts
         return round((counts.completed + counts.failed) / elapsed, 3)
@@ -203,8 +209,8 @@ class BatchStatus(BaseModel):
     )
     @property
     def tokens_per_second(self) -> float | None:
-        elapsed = self.elapsed_seconds
-        if not elapsed:
+        elapsed = self._rate_seconds()
+        if elapsed is None:
             return None
         return round(self.usage.total_tokens / elapsed, 3)
 
@@ -213,8 +219,8 @@ class BatchStatus(BaseModel):
     )
     @property
     def output_tokens_per_second(self) -> float | None:
-        elapsed = self.elapsed_seconds
-        if not elapsed:
+        elapsed = self._rate_seconds()
+        if elapsed is None:
             return None
         return round(self.usage.output_tokens / elapsed, 3)
 

@@ -43,6 +43,9 @@ def test_finished_batch_counts_to_its_end_and_unknown_price_is_null() -> None:
     assert done.cost_usd is None and done.usd_per_million_output_tokens is None
     fresh = BatchStatus(id="batch_2")
     assert fresh.requests_per_second is None and fresh.seconds_left is None
+    # Timestamps are whole seconds: a batch done within one counts as one second.
+    quick = running(status="completed", completed_at=1_000)
+    assert quick.elapsed_seconds == 0 and quick.requests_per_second == 2_500
 
 
 def test_the_memo_never_stores_computed_fields() -> None:
