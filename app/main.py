@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, Response
 
 from app.api.deps import require_api_key
-from app.api.routes import batches, health, process, queues
+from app.api.routes import batches, health, metrics, process, queues
 from app.core.errors import error_response, install_error_handlers
 from app.services.batches import BatchService
+from app.services.metrics import Metrics, count_starts
 from app.services.process import ProcessService
 from app.services.queues import Reconciler
 from app.services.temporal import TemporalService
@@ -64,13 +66,32 @@ def install_body_limit(app: FastAPI, limit: int) -> None:
         return await call_next(request)
 
 
+def install_request_metrics(app: FastAPI) -> None:
+    """Times every request into `llm_batch_http_request_duration_seconds` by route template."""
+
+    @app.middleware("http")
+    async def _timed(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", None)
+        collector = getattr(request.app.state, "metrics", None)
+        if path is not None and path != "/metrics" and collector is not None:
+            elapsed = time.perf_counter() - started
+            collector.observe_request(request.method, path, response.status_code, elapsed)
+        return response
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings_or_exit()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         temporal = TemporalService(settings)
-        supervisor = SupervisorControl(settings.supervisor_socket)
+        app.state.metrics = Metrics(settings, temporal)
+        supervisor = count_starts(SupervisorControl(settings.supervisor_socket), app.state.metrics)
         app.state.settings = settings
         app.state.temporal = temporal
         app.state.supervisor = supervisor
@@ -96,9 +117,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_body_limit(app, settings.MAX_REQUEST_BYTES)
+    install_request_metrics(app)
     protected = [Depends(require_api_key)]
     app.include_router(health.router)
     app.include_router(queues.router, dependencies=protected)
     app.include_router(batches.router, dependencies=protected)
     app.include_router(process.router, dependencies=protected)
+    app.include_router(metrics.router, dependencies=protected)
     return app

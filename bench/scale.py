@@ -40,6 +40,24 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+REPORT_SECONDS = 5.0
+
+
+def progress(batch: dict[str, Any]) -> str:
+    """One progress line from the API's own figures: done of total, rate, time left."""
+    counts = batch["request_counts"]
+    done = counts["completed"] + counts["failed"]
+    total = counts["total"] or 0
+    percent = f"{100 * done / total:5.1f}%" if total else "    –"
+    rate = batch.get("requests_per_second")
+    left = batch.get("seconds_left")
+    return (
+        f"{batch['status']:<11} {percent} {done}/{total} "
+        f"{rate if rate is not None else '–'} req/s, "
+        f"{f'{left:.0f}s' if left is not None else '–'} left"
+    )
+
+
 def upload_input(stack: Stack, key: str, count: int, max_tokens: int) -> int:
     s3 = stack.s3()
     with tempfile.TemporaryFile() as spool:
@@ -111,10 +129,9 @@ def run(stack: Stack, count: int, max_tokens: int) -> dict[str, Any]:
         batch = stack.http.get(f"/batch/{batch_id}").json()
         if batch["status"] in ("completed", "failed", "cancelled"):
             break
-        if time.monotonic() - last_report > 15:
+        if time.monotonic() - last_report > REPORT_SECONDS:
             last_report = time.monotonic()
-            counts = batch["request_counts"]
-            print(f"  {time.monotonic() - started:6.0f}s {batch['status']} {counts}", flush=True)
+            print(f"  {time.monotonic() - started:6.0f}s {progress(batch)}", flush=True)
         time.sleep(1)
     elapsed = time.monotonic() - started
     seen: set[str] = set()

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     SUPERVISOR_SOCKET: Path | None = None
     RECONCILE_INTERVAL_SECONDS: Annotated[float, Field(gt=0)] = 2.0
     POLLER_LIVE_SECONDS: Annotated[float, Field(gt=0)] = 20.0
+    # Prometheus endpoints of the workers' Temporal SDK metrics (0 = off).
+    WORKER_CPU_METRICS_PORT: Annotated[int, Field(ge=0, le=65535)] = 0
+    WORKER_GPU_METRICS_PORT: Annotated[int, Field(ge=0, le=65535)] = 0
 
     # Batches and single requests
     BATCH_SHARD_SIZE: Annotated[int, Field(ge=1, le=100_000)] = 500
@@ -130,6 +133,8 @@ class Settings(BaseSettings):
     MAX_INLINE_ITEMS: Annotated[int, Field(ge=1)] = 50_000
     MAX_REQUEST_BYTES: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     PROCESS_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # Cost: USD per hour of one GPU box (0 = unknown: read with the vastai CLI if present).
+    GPU_PRICE_PER_HOUR: Annotated[float, Field(ge=0)] = 0.0
 
     # Dashboard
     WEB_PORT: Port = 3000
@@ -219,6 +224,10 @@ class Settings(BaseSettings):
             "temporal": self.runs_temporal,
             "minio": self.runs_s3,
         }
+
+    @property
+    def worker_metrics_ports(self) -> dict[str, int]:
+        return {"cpu": self.WORKER_CPU_METRICS_PORT, "gpu": self.WORKER_GPU_METRICS_PORT}
 
     @property
     def task_queues(self) -> dict[str, str]:

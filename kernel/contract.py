@@ -7,10 +7,11 @@ through these: they carry object keys and counts.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 CHAT_COMPLETIONS = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -92,6 +93,23 @@ class Usage(BaseModel):
     total_tokens: int = 0
 
 
+def batch_cost_usd(
+    price_per_hour: float | None, gpu_seconds: float, elapsed_s: float, box_count: int
+) -> float | None:
+    """What a batch cost so far: the box price per hour times the box time it held.
+
+    The box time is the finished shards' slot time (`gpu_seconds`), capped at the batch's
+    wall time on each box that answered: several shards share one box's slots at once, so
+    their slot times overlap. None when no price is known.
+    """
+    if not price_per_hour:
+        return None
+    box_seconds = gpu_seconds
+    if elapsed_s > 0 and box_count > 0:
+        box_seconds = min(gpu_seconds, elapsed_s * box_count)
+    return price_per_hour * box_seconds / 3600
+
+
 class BatchStatus(BaseModel):
     """A batch as the workflow publishes it (its memo, one key per field) and as the API
     returns it: the OpenAI batch object's fields plus the object keys of its files."""
@@ -115,6 +133,12 @@ class BatchStatus(BaseModel):
     boxes: dict[str, int] = Field(
         default_factory=dict, description="Requests answered per box (BOX_NAME)."
     )
+    gpu_price_per_hour: float | None = Field(
+        default=None, description="Box price (USD per hour) the cost is computed with."
+    )
+    max_cost_usd: float | None = Field(
+        default=None, description="Budget: the batch stops as a cancel does past this cost."
+    )
     created_at: int | None = None
     in_progress_at: int | None = None
     finalizing_at: int | None = None
@@ -137,8 +161,105 @@ class BatchStatus(BaseModel):
         return self.status in TERMINAL_STATES
 
     def memo(self, *fields: str) -> dict[str, Any]:
-        """The memo entries of `fields` (all when none are named), JSON-ready."""
-        return self.model_dump(mode="json", include=set(fields) if fields else None)
+        """The memo entries of `fields` (all when none are named), JSON-ready. Computed
+        fields (rates, cost) are never stored: they are worked out when read."""
+        computed = set(type(self).model_computed_fields)
+        if fields:
+            return self.model_dump(mode="json", include=set(fields) - computed)
+        return self.model_dump(mode="json", exclude=computed)
+
+    # Rates and cost, computed when the status is read (never inside a workflow) ----------
+
+    def _ended_at(self) -> int | None:
+        if self.status in ("completed", "cancelled", "failed"):
+            return self.completed_at or self.cancelled_at or self.failed_at or self.finalizing_at
+        if self.status in ("finalizing", "cancelling"):
+            return self.finalizing_at or self.cancelling_at
+        return None
+
+    def _rate_seconds(self) -> float | None:
+        """The elapsed time rates divide by: timestamps are whole seconds, so a batch done
+        within one counts as one second."""
+        elapsed = self.elapsed_seconds
+        return None if elapsed is None else max(1.0, elapsed)
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="Seconds since the first shard could start (to the end once finished)."
+    )
+    @property
+    def elapsed_seconds(self) -> float | None:
+        if self.in_progress_at is None:
+            return None
+        end = self._ended_at() or time.time()
+        return round(max(0.0, end - self.in_progress_at), 3)
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="Requests answered (or failed) per second so far."
+    )
+    @property
+    def requests_per_second(self) -> float | None:
+        elapsed = self._rate_seconds()
+        if elapsed is None:
+            return None
+        counts = self.request_counts
+        return round((counts.completed + counts.failed) / elapsed, 3)
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="Tokens (prompt plus completion, from the responses' usage) per second."
+    )
+    @property
+    def tokens_per_second(self) -> float | None:
+        elapsed = self._rate_seconds()
+        if elapsed is None:
+            return None
+        return round(self.usage.total_tokens / elapsed, 3)
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="Completion tokens per second."
+    )
+    @property
+    def output_tokens_per_second(self) -> float | None:
+        elapsed = self._rate_seconds()
+        if elapsed is None:
+            return None
+        return round(self.usage.output_tokens / elapsed, 3)
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="Seconds left at the current rate (0 once finished; null before a rate)."
+    )
+    @property
+    def seconds_left(self) -> float | None:
+        if self.is_terminal:
+            return 0.0
+        rate = self.requests_per_second
+        if not rate:
+            return None
+        counts = self.request_counts
+        left = max(0, counts.total - counts.completed - counts.failed)
+        return round(left / rate, 1)
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="USD so far: gpu_price_per_hour times the box time the batch held."
+    )
+    @property
+    def cost_usd(self) -> float | None:
+        cost = batch_cost_usd(
+            self.gpu_price_per_hour,
+            self.gpu_seconds,
+            self.elapsed_seconds or 0.0,
+            len(self.boxes),
+        )
+        return None if cost is None else round(cost, 6)
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="USD per million completion tokens so far."
+    )
+    @property
+    def usd_per_million_output_tokens(self) -> float | None:
+        cost = self.cost_usd
+        if cost is None or not self.usage.output_tokens:
+            return None
+        return round(cost * 1_000_000 / self.usage.output_tokens, 4)
 
 
 @dataclass
@@ -186,6 +307,10 @@ class BatchInput:
     gpu_task_queue: str = "llm-batch-gpu"
     created_at: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
+    # Cost: the box price per hour and the budget; the batch stops as a cancel does (keeping
+    # its results) once its cost passes max_cost_usd.
+    gpu_price_per_hour: float = 0.0
+    max_cost_usd: float | None = None
     # A run continues as new past this many history events (or when the server suggests).
     max_history_events: int = 8_000
     progress: BatchProgress | None = None

@@ -30,6 +30,24 @@ USAGE
 log() { printf '[llama-build] %s\n' "$*" >&2; }
 die() { printf '[llama-build] error: %s\n' "$*" >&2; exit 1; }
 
+# Reads the build's output on stdin into LOG_FILE and logs ninja's "[N/M]" progress at every
+# tenth, so a 10-minute build shows it is moving without flooding the terminal.
+summarize_progress() {
+  local log_file="$1" started="$SECONDS" next=10 line step total percent
+  : >"$log_file"
+  while IFS= read -r line; do
+    printf '%s\n' "$line" >>"$log_file"
+    [[ "$line" =~ ^\[([0-9]+)/([0-9]+)\] ]] || continue
+    step="${BASH_REMATCH[1]}" total="${BASH_REMATCH[2]}"
+    ((total > 0)) || continue
+    percent=$((step * 100 / total))
+    if ((percent >= next)); then
+      log "building llama-server: ${percent}% (${step}/${total} steps, $((SECONDS - started))s)"
+      next=$(((percent / 10 + 1) * 10))
+    fi
+  done
+}
+
 build() {
   command -v cmake >/dev/null || die "cmake is required (apt-get install cmake)"
   command -v ninja >/dev/null || die "ninja is required (apt-get install ninja-build)"
@@ -52,8 +70,12 @@ build() {
     -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_NUMBER="${LLAMA_BUILD_NUMBER}"
   )
   cmake -S "${src}" -B "${work}/build" "${cmake_flags[@]}" >&2
-  log "building llama-server (this takes ~10 minutes on 2 cores)"
-  cmake --build "${work}/build" --target llama-server -j "$(nproc)" >&2
+  log "building llama-server (this takes ~10 minutes on 2 cores); progress every 10%"
+  if ! cmake --build "${work}/build" --target llama-server -j "$(nproc)" 2>&1 \
+    | summarize_progress "${work}/build.log"; then
+    tail -n 40 "${work}/build.log" >&2
+    die "the llama-server build failed (last lines above)"
+  fi
   mkdir -p "${BUILD_DIR}/bin"
   install -m 0755 "${work}/build/bin/llama-server" "${BINARY}.tmp"
   mv -f "${BINARY}.tmp" "${BINARY}"

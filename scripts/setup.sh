@@ -73,6 +73,22 @@ setup_virtualenv() {
   ((DRY_RUN)) || echo "$stamp" >"$stamp_file"
 }
 
+# The project itself, editable and without dependencies, for the `llm-batch` console script.
+# Skipped when the script is there and points at this checkout with this pyproject.toml.
+install_cli() {
+  local stamp_file="${VENV}/.llm-batch-cli.sha256" stamp
+  stamp="$(printf '%s\n' "${PROJECT_ROOT}" | cat - "${PROJECT_ROOT}/pyproject.toml" | sha256sum \
+    | cut -d' ' -f1)"
+  if [[ -x "${VENV}/bin/llm-batch" && -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" ]]; then
+    log "llm-batch CLI installed"
+    return 0
+  fi
+  log "installing the llm-batch CLI into ${VENV}"
+  run "${VENV}/bin/python" -m pip install --quiet --disable-pip-version-check \
+    --no-deps -e "${PROJECT_ROOT}"
+  ((DRY_RUN)) || echo "$stamp" >"$stamp_file"
+}
+
 main() {
   local system=1
   DRY_RUN=0
@@ -89,6 +105,7 @@ main() {
   local started=$SECONDS
   ((system)) && install_system_packages
   setup_virtualenv
+  install_cli
   log "llama-server: $(PYTHON="${VENV}/bin/python" run "${PROJECT_ROOT}/scripts/build_llama_server.sh")"
   log "tiny model: $(run "${VENV}/bin/python" "${PROJECT_ROOT}/scripts/make_tiny_model.py")"
   log "done in $((SECONDS - started))s"

@@ -16,6 +16,7 @@ import socket
 from datetime import timedelta
 
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from kernel.config import Settings, load_settings_or_exit
@@ -33,12 +34,31 @@ IDLE_CHECK_SECONDS = 1.0
 RUNNING_WORKFLOWS_CHECK_SECONDS = 10.0
 
 
-async def connect_with_retry(settings: Settings, identity: str) -> Client:
+def metrics_runtime(port: int) -> Runtime | None:
+    """A Temporal runtime exporting the SDK's own metrics (task latencies, slots, polls,
+    activity and workflow counts) as Prometheus text on 127.0.0.1:port; None when 0."""
+    if not port:
+        return None
+    # Prometheus' own conventions: durations in seconds, unit and _total suffixes.
+    prometheus = PrometheusConfig(
+        bind_address=f"127.0.0.1:{port}",
+        counters_total_suffix=True,
+        unit_suffix=True,
+        durations_as_seconds=True,
+    )
+    telemetry = TelemetryConfig(metrics=prometheus)
+    logger.info("Temporal SDK metrics on http://127.0.0.1:%d/metrics", port)
+    return Runtime(telemetry=telemetry)
+
+
+async def connect_with_retry(
+    settings: Settings, identity: str, runtime: Runtime | None = None
+) -> Client:
     deadline = asyncio.get_running_loop().time() + CONNECT_ATTEMPTS_SECONDS
     delay = 0.5
     while True:
         try:
-            return await connect_temporal(settings, identity=identity)
+            return await connect_temporal(settings, identity=identity, runtime=runtime)
         except Exception as exc:
             if asyncio.get_running_loop().time() > deadline:
                 raise SystemExit(
@@ -80,7 +100,8 @@ async def wait_until_idle(
 async def run(queue: str, settings: Settings) -> int:
     task_queue = settings.task_queues[queue]
     identity = f"worker-{queue}@{socket.gethostname()}:{os.getpid()}"
-    client = await connect_with_retry(settings, identity)
+    runtime = metrics_runtime(settings.worker_metrics_ports[queue])
+    client = await connect_with_retry(settings, identity, runtime)
     registry = build_registry(queue, settings)
     tracker = IdleTracker()
     workers = [

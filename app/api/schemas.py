@@ -56,6 +56,12 @@ class BatchCreate(BaseModel):
     shard_size: int | None = Field(
         default=None, ge=1, le=100_000, description="Requests per shard (BATCH_SHARD_SIZE)."
     )
+    max_cost_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Budget in USD: once the batch's cost (GPU_PRICE_PER_HOUR times the box "
+        "time it used) would pass it, the batch stops as a cancel does, keeping its results.",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> BatchCreate:

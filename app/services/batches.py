@@ -25,6 +25,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.core.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from app.services.pricing import gpu_price_per_hour
 from app.services.temporal import TemporalService, TemporalUnavailable
 from kernel.config import Settings
 from kernel.contract import (
@@ -70,6 +71,8 @@ def batch_status(
     closed_as = _STATUS_BY_EXECUTION.get(execution_status)
     if closed_as is None:
         return batch
+    if closed_as == "completed" and batch.status == "cancelled":
+        closed_as = "cancelled"  # stopped by its budget: the run itself ended normally
     changes: dict[str, Any] = {"status": closed_as}
     if closed_as == "failed" and batch.errors is None:
         changes["errors"] = BatchErrors(message="the batch workflow failed; see the worker-cpu log")
@@ -127,7 +130,14 @@ class BatchService:
         defaults: dict[str, Any],
         metadata: dict[str, str],
         shard_size: int | None = None,
+        max_cost_usd: float | None = None,
     ) -> BatchStatus:
+        price = await gpu_price_per_hour(self.settings)
+        if max_cost_usd is not None and not price:
+            raise InvalidRequest(
+                "max_cost_usd needs a box price: set GPU_PRICE_PER_HOUR (USD per hour) "
+                "or install and configure the vastai CLI"
+            )
         client = await temporal_client(self.temporal)
         batch_id = new_batch_id()
         try:
@@ -150,7 +160,13 @@ class BatchService:
 
         now = int(time.time())
         batch = BatchStatus(
-            id=batch_id, created_at=now, endpoint=endpoint, input_key=key, metadata=metadata
+            id=batch_id,
+            created_at=now,
+            endpoint=endpoint,
+            input_key=key,
+            metadata=metadata,
+            gpu_price_per_hour=price or None,
+            max_cost_usd=max_cost_usd,
         )
         params = BatchInput(
             batch_id=batch_id,
@@ -163,6 +179,8 @@ class BatchService:
             gpu_task_queue=self.settings.GPU_TASK_QUEUE,
             created_at=now,
             metadata=metadata,
+            gpu_price_per_hour=price,
+            max_cost_usd=max_cost_usd,
         )
         try:
             await client.start_workflow(

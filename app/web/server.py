@@ -1,11 +1,19 @@
-"""The dashboard server: a static page plus a read-only JSON proxy to the API.
+"""The dashboard server: a static page plus a JSON proxy to the API.
 
 Routes:
 
-* `GET /` — the page (`static/index.html`); `GET /static/*` — its script and style sheet.
+* `GET /` — the page (`static/index.html`); `GET /static/*` — its script, style sheet and
+  icon; `GET /favicon.ico` — the icon.
 * `GET /api/health` → the API's `GET /health`
 * `GET /api/queues` → the API's `GET /queues`
 * `GET /api/batches` → the API's `GET /batches?limit=20`
+* `POST /api/batch?endpoint=&defaults=&max_cost_usd=&shard_size=` with a JSONL body (the
+  file the user picked) → the API's `POST /batch` with the lines as inline `items`. A line
+  that is not JSON is refused here with its number; the API checks the rest (and its own
+  MAX_INLINE_ITEMS and MAX_REQUEST_BYTES limits).
+* `GET /api/batch/{id}` → `GET /batch/{id}`; `POST /api/batch/{id}/cancel` → the cancel.
+* `GET /api/batch/{id}/results` and `.../errors` → the JSONL streamed through, as a
+  download named `{id}-output.jsonl` / `{id}-errors.jsonl`.
 
 The proxy runs server-side and adds `Authorization: Bearer <API_KEY>` itself when a key is
 set, so the browser never holds the API key in script. An answer from the API (including its
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,7 +50,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.core.errors import error_body, error_response, install_error_handlers
@@ -53,6 +62,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 CONNECT_TIMEOUT_SECONDS = 2.0
 # The API's /health waits at most ~2.5 s for a hanging dependency.
 READ_TIMEOUT_SECONDS = 3.0
+# Submitting stages the items in S3 first; downloads stream for as long as they take.
+SUBMIT_TIMEOUT_SECONDS = 120.0
 RECENT_BATCHES = 20
 UNREACHABLE_HEADER = "X-API-Unreachable"
 BASIC_REALM = 'Basic realm="LLM Batch dashboard", charset="UTF-8"'
@@ -137,13 +148,27 @@ class ApiProxy:
         )
 
     async def get(self, path: str, params: dict[str, Any] | None = None) -> Response:
-        target = f"GET {self.base_url}{path}"
+        return await self.call("GET", path, params=params)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        timeout: float = READ_TIMEOUT_SECONDS,
+    ) -> Response:
+        target = f"{method} {self.base_url}{path}"
         try:
-            upstream = await self.client.get(path, params=params)
-        except httpx.TimeoutException:
-            return self._unreachable(
-                f"API unreachable: {target} got no answer within {READ_TIMEOUT_SECONDS:g}s"
+            upstream = await self.client.request(
+                method,
+                path,
+                params=params,
+                json=body,
+                timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_SECONDS),
             )
+        except httpx.TimeoutException:
+            return self._unreachable(f"API unreachable: {target} got no answer within {timeout:g}s")
         except httpx.TransportError as exc:
             reason = str(exc) or type(exc).__name__
             return self._unreachable(
@@ -166,6 +191,90 @@ class ApiProxy:
                 f"{target} answered HTTP {upstream.status_code} without a JSON body",
             )
         return JSONResponse(body, status_code=upstream.status_code, headers=_NO_STORE)
+
+    async def download(self, path: str, filename: str) -> Response:
+        """Streams a JSONL route of the API through, as an attachment."""
+        target = f"GET {self.base_url}{path}"
+        request = self.client.build_request(
+            "GET", path, timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_SECONDS)
+        )
+        try:
+            upstream = await self.client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            return self._unreachable(f"API unreachable: {target} failed ({reason})")
+        if upstream.status_code >= 400:
+            await upstream.aread()
+            await upstream.aclose()
+            try:
+                body = upstream.json()
+            except ValueError:
+                return error_response(
+                    502, "bad_gateway", f"{target} answered HTTP {upstream.status_code}"
+                )
+            return JSONResponse(body, status_code=upstream.status_code, headers=_NO_STORE)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in upstream.aiter_bytes():
+                    yield chunk
+            finally:
+                await upstream.aclose()
+
+        headers = {
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "X-Batch-Status": upstream.headers.get("X-Batch-Status", ""),
+            **_NO_STORE,
+        }
+        return StreamingResponse(chunks(), media_type="application/x-ndjson", headers=headers)
+
+
+def jsonl_items(payload: bytes) -> list[Any]:
+    """The lines of an uploaded JSONL file; ValueError names the first line that is not
+    JSON. Blank lines are skipped."""
+    items: list[Any] = []
+    for number, line in enumerate(payload.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except ValueError as exc:
+            raise ValueError(f"line {number} of the file is not JSON: {exc}") from None
+    return items
+
+
+def batch_body(
+    payload: bytes,
+    endpoint: str | None,
+    defaults: str | None,
+    max_cost_usd: str | None,
+    shard_size: str | None = None,
+) -> dict[str, Any]:
+    """The API's POST /batch body for an uploaded file and the form's options."""
+    items = jsonl_items(payload)
+    if not items:
+        raise ValueError("the file has no request lines")
+    body: dict[str, Any] = {"items": items}
+    if endpoint:
+        body["endpoint"] = endpoint
+    if defaults and defaults.strip():
+        try:
+            parsed = json.loads(defaults)
+        except ValueError as exc:
+            raise ValueError(f"defaults is not JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise ValueError('defaults must be a JSON object, e.g. {"max_tokens": 64}')
+        body["defaults"] = parsed
+    if max_cost_usd and max_cost_usd.strip():
+        try:
+            body["max_cost_usd"] = float(max_cost_usd)
+        except ValueError:
+            raise ValueError(f"budget must be a number of dollars, got {max_cost_usd!r}") from None
+    if shard_size and shard_size.strip():
+        if not shard_size.strip().isdigit():
+            raise ValueError(f"shard size must be a whole number, got {shard_size!r}")
+        body["shard_size"] = int(shard_size)
+    return body
 
 
 def install_key_check(app: FastAPI, settings: Settings) -> None:
@@ -229,6 +338,58 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/api/batches")
     async def batches(request: Request) -> Response:
         return await proxy(request).get("/batches", params={"limit": RECENT_BATCHES})
+
+    @app.post("/api/batch")
+    async def submit(
+        request: Request,
+        endpoint: str | None = None,
+        defaults: str | None = None,
+        max_cost_usd: str | None = None,
+        shard_size: str | None = None,
+    ) -> Response:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.MAX_REQUEST_BYTES:
+            return error_response(
+                413,
+                "payload_too_large",
+                f"the file is {int(length)} bytes; the limit is {settings.MAX_REQUEST_BYTES} "
+                "(MAX_REQUEST_BYTES): split it, or upload it to the bucket and use input_key",
+            )
+        try:
+            body = batch_body(await request.body(), endpoint, defaults, max_cost_usd, shard_size)
+        except ValueError as exc:
+            return error_response(400, "invalid_request_error", str(exc))
+        return await proxy(request).call(
+            "POST", "/batch", body=body, timeout=SUBMIT_TIMEOUT_SECONDS
+        )
+
+    @app.get("/api/batch/{batch_id}")
+    async def batch(request: Request, batch_id: str) -> Response:
+        return await proxy(request).get(f"/batch/{batch_id}")
+
+    @app.post("/api/batch/{batch_id}/cancel")
+    async def cancel(request: Request, batch_id: str) -> Response:
+        return await proxy(request).call("POST", f"/batch/{batch_id}/cancel")
+
+    @app.get("/api/batch/{batch_id}/results")
+    async def results(request: Request, batch_id: str) -> Response:
+        return await proxy(request).download(
+            f"/batch/{batch_id}/results", f"{batch_id}-output.jsonl"
+        )
+
+    @app.get("/api/batch/{batch_id}/errors")
+    async def errors(request: Request, batch_id: str) -> Response:
+        return await proxy(request).download(
+            f"/batch/{batch_id}/errors", f"{batch_id}-errors.jsonl"
+        )
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(
+            STATIC_DIR / "favicon.svg",
+            media_type="image/svg+xml",
+            headers={"Cache-Control": "max-age=86400"},
+        )
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -29,8 +29,11 @@ dotenv_value() {
 load_settings() {
   local env_file="${ENV_FILE:-${PROJECT_ROOT}/.env}"
   INSTANCE_VENV="${INSTANCE_VENV:-$(dotenv_value "$env_file" INSTANCE_VENV)}"
-  # A checkout with its own .venv (make setup) runs from it unless told otherwise.
-  if [[ -z "$INSTANCE_VENV" && ! -x /opt/venv/bin/python && -x "${PROJECT_ROOT}/.venv/bin/python" ]]; then
+  local mode="${DEPLOY_MODE:-$(dotenv_value "$env_file" DEPLOY_MODE)}"
+  # Off the image (no /opt/venv) with no INSTANCE_VENV given, or in local mode, the project's
+  # own virtualenv runs the stack, as `make` sets it: scripts work from a plain shell too.
+  if [[ ! -x "${INSTANCE_VENV:-/opt/venv}/bin/python" && -x "${PROJECT_ROOT}/.venv/bin/python" ]] \
+    && [[ -z "$INSTANCE_VENV" || "$mode" == local ]]; then
     INSTANCE_VENV="${PROJECT_ROOT}/.venv"
   fi
   INSTANCE_VENV="${INSTANCE_VENV:-/opt/venv}"
@@ -40,7 +43,8 @@ load_settings() {
   local exports
   # Settings may hold secrets: never trace them.
   { local xtrace_was_on=0; [[ $- == *x* ]] && xtrace_was_on=1; set +x; } 2>/dev/null
-  exports="$(cd "$PROJECT_ROOT" && ENV_FILE="$env_file" "$PYTHON" -m kernel.config --shell "$@")" \
+  exports="$(cd "$PROJECT_ROOT" && ENV_FILE="$env_file" INSTANCE_VENV="$INSTANCE_VENV" \
+    "$PYTHON" -m kernel.config --shell "$@")" \
     || exit 2
   eval "$exports"
   # shellcheck disable=SC2034 # read by start_services.sh

@@ -12,6 +12,7 @@ they fail: CI installs it.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import subprocess
@@ -463,3 +464,142 @@ def test_refuses_a_public_address_without_a_key(launcher: Launcher) -> None:
     )
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0 without API_KEY" in result.stderr
+
+
+# Working with batches, against the real stack ------------------------------------------------
+
+
+@pytest.fixture
+def stack_page(stack: Any, browser_context: Any) -> Iterator[tuple[Any, list[str]]]:
+    """A page on the stack's dashboard; collects every answer of 400 or more it got."""
+    page = browser_context(accept_downloads=True).new_page()
+    failures: list[str] = []
+    page.on(
+        "response",
+        lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+    )
+    page.goto(stack.web_url)
+    yield page, failures
+
+
+def write_batch_file(path: Path, count: int, prefix: str, max_tokens: int) -> Path:
+    lines = [
+        json.dumps(
+            {
+                "custom_id": f"{prefix}{i}",
+                "messages": [{"role": "user", "content": f"question {i}"}],
+                "max_tokens": max_tokens,
+            }
+        )
+        for i in range(count)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_batch_in_page(
+    page: Any, source: Path, defaults: str = "", shard_size: int | None = None
+) -> str:
+    page.locator("#batch-file").set_input_files(str(source))
+    if defaults:
+        page.locator("#batch-defaults").fill(defaults)
+    if shard_size:
+        page.locator("#batch-shard-size").fill(str(shard_size))
+    page.locator("#batch-submit").click()
+    expect(page.locator("#submit-message")).to_contain_text("started batch_")
+    batch_id = page.locator("#detail-id").text_content() or ""
+    assert batch_id.startswith("batch_")
+    return batch_id
+
+
+def download(page: Any, button: str) -> list[dict[str, Any]]:
+    with page.expect_download() as started:
+        page.locator(button).click()
+    path = started.value.path()
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_dashboard_starts_a_batch_and_downloads_its_files(
+    stack: Any, stack_page: tuple[Any, list[str]], tmp_path: Path
+) -> None:
+    page, failures = stack_page
+    source = write_batch_file(tmp_path / "prompts.jsonl", 30, "web", max_tokens=4)
+    with source.open("a") as handle:
+        handle.write(json.dumps({"messages": [{"role": "user", "content": "no id"}]}) + "\n")
+    batch_id = start_batch_in_page(page, source, defaults='{"temperature": 0}')
+
+    expect(page.locator("#detail-status")).to_have_text("completed", timeout=120_000)
+    expect(page.locator("#detail-done")).to_have_text("31 / 31 (100%)")
+    expect(page.locator("#detail-failed")).to_have_text("1")
+    expect(page.locator("#detail-left")).to_have_text("0s")
+    assert page.locator("#detail-rps").inner_text() != "–"
+    expect(page.locator("#detail-cost")).to_contain_text("unknown")
+    expect(page.locator("#batch-cancel")).to_be_disabled()
+    expect(page.locator(f'#batch-rows tr[data-batch="{batch_id}"]')).to_have_class(
+        "clickable selected"
+    )
+
+    output = download(page, "#download-output")
+    assert sorted(line["custom_id"] for line in output) == sorted(f"web{i}" for i in range(30))
+    (error,) = download(page, "#download-errors")
+    assert error["line"] == 31 and "custom_id" in error["error"]["message"]
+
+    # Reloading keeps following the batch (#batch=ID); nothing on the page is a 404.
+    page.reload()
+    expect(page.locator("#detail-id")).to_have_text(batch_id)
+    expect(page.locator("#detail-status")).to_have_text("completed")
+    icon = httpx.get(f"{stack.web_url}/favicon.ico", timeout=10)
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert failures == []
+
+
+def test_dashboard_shows_progress_and_cancels(
+    stack: Any, stack_page: tuple[Any, list[str]], tmp_path: Path
+) -> None:
+    page, _ = stack_page
+    source = write_batch_file(tmp_path / "big.jsonl", 3000, "big", max_tokens=8)
+    batch_id = start_batch_in_page(page, source, shard_size=40)
+
+    # The chart gets points with a positive rate while the batch runs.
+    try:
+        page.wait_for_function(
+            "() => { const c = document.getElementById('throughput-chart');"
+            " return Number(c.dataset.points) >= 2 && Number(c.dataset.maxRps) > 0; }",
+            timeout=120_000,
+            polling=500,
+        )
+    except PlaywrightError:
+        chart = page.locator("#throughput-chart")
+        state = {
+            "done": page.locator("#detail-done").text_content(),
+            "status": page.locator("#detail-status").text_content(),
+            "points": chart.get_attribute("data-points"),
+            "max_rps": chart.get_attribute("data-max-rps"),
+            "api": httpx.get(f"{stack.api_url}/batch/{batch_id}", timeout=10).json(),
+        }
+        raise AssertionError(f"no throughput on the chart: {state}") from None
+    expect(page.locator("#detail-status")).to_have_text("in_progress")
+    assert page.locator("#detail-left").inner_text() not in ("–", "0s")
+    expect(page.locator("#download-output")).to_have_text("Download output (so far)")
+
+    page.locator("#batch-cancel").click()
+    expect(page.locator("#submit-message")).to_contain_text(f"cancel requested for {batch_id}")
+    expect(page.locator("#detail-status")).to_have_text("cancelled", timeout=120_000)
+    expect(page.locator("#batch-cancel")).to_be_disabled()
+
+    batch = httpx.get(f"{stack.api_url}/batch/{batch_id}", timeout=10).json()
+    output = download(page, "#download-output")
+    assert len(output) == batch["request_counts"]["completed"] < 3000
+    assert len({line["custom_id"] for line in output}) == len(output)
+
+
+def test_dashboard_refuses_a_file_that_is_not_jsonl(
+    stack: Any, stack_page: tuple[Any, list[str]], tmp_path: Path
+) -> None:
+    page, _ = stack_page
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"custom_id": "a", "prompt": "x"}\nnot json\n')
+    page.locator("#batch-file").set_input_files(str(bad))
+    page.locator("#batch-submit").click()
+    expect(page.locator("#submit-message")).to_contain_text("line 2 of the file is not JSON")
+    expect(page.locator("#batch-detail")).to_be_hidden()

@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         ShardInput,
         ShardResult,
         SplitInput,
+        batch_cost_usd,
         errors_key,
         output_key,
     )
@@ -57,6 +58,10 @@ SHARD_HEARTBEAT = timedelta(seconds=15)
 # Batches cancelled by earlier code published `cancelling` only after their running shards
 # had stopped, and did not count what those shards had answered.
 CANCEL_PUBLISHES_FIRST = "cancel-publishes-first"
+
+
+class BudgetReached(Exception):
+    """The batch's cost would pass its max_cost_usd: it stops as a cancel does."""
 
 
 @workflow.defn(name=BATCH_WORKFLOW)
@@ -93,6 +98,8 @@ class BatchWorkflow:
                 )
             self._publish(status="finalizing", finalizing_at=self._now())
             merged = await self._merge(params, progress, "completed")
+        except BudgetReached as reached:
+            return await self._stop_for_budget(params, progress, str(reached))
         except asyncio.CancelledError:
             self._publish_cancelling()
             merged = await self._merge(params, progress, "cancelled")
@@ -208,6 +215,10 @@ class BatchWorkflow:
                     gpu_seconds=round(progress.gpu_seconds, 3),
                     boxes=dict(progress.boxes),
                 )
+                over_budget = self._over_budget(params, progress, len(in_flight))
+                if over_budget:
+                    await self._cancel_shards(in_flight, progress)
+                    raise BudgetReached(over_budget)
         except asyncio.CancelledError:
             await self._cancel_shards(in_flight, progress)
             raise
@@ -243,6 +254,48 @@ class BatchWorkflow:
             usage=progress.usage,
             gpu_seconds=round(progress.gpu_seconds, 3),
             boxes=dict(progress.boxes),
+        )
+
+    def _over_budget(self, params: BatchInput, progress: BatchProgress, running: int) -> str:
+        """A message when one more shard at the average cost so far would pass the budget."""
+        if params.max_cost_usd is None or not params.gpu_price_per_hour:
+            return ""
+        started = self._status.in_progress_at or self._now()
+        cost = batch_cost_usd(
+            params.gpu_price_per_hour,
+            progress.gpu_seconds,
+            float(self._now() - started),
+            len(progress.boxes),
+        )
+        finished = progress.next_shard - running
+        if cost is None or not finished:
+            return ""
+        if cost + cost / finished <= params.max_cost_usd:
+            return ""
+        return (
+            f"budget reached: the batch cost ${cost:.4f} of its max_cost_usd "
+            f"${params.max_cost_usd:g}; stopped as a cancel does, finished results kept"
+        )
+
+    async def _stop_for_budget(
+        self, params: BatchInput, progress: BatchProgress, message: str
+    ) -> BatchResult:
+        self._publish_cancelling()
+        merged = await self._merge(params, progress, "cancelled")
+        self._publish(
+            status="cancelled",
+            cancelled_at=self._now(),
+            errors=BatchErrors(message=message),
+            request_counts=self._merged_counts(progress, merged),
+        )
+        return BatchResult(
+            batch_id=params.batch_id,
+            status="cancelled",
+            total=progress.total,
+            completed=merged.completed,
+            failed=merged.failed,
+            output_key=merged.output_key,
+            error_key=merged.error_key,
         )
 
     async def _merge(self, params: BatchInput, progress: BatchProgress, status: str) -> MergeResult:

@@ -65,6 +65,7 @@ async def create_batch(
         defaults=body.defaults,
         metadata=body.metadata,
         shard_size=body.shard_size,
+        max_cost_usd=body.max_cost_usd,
     )
     workers: dict[str, str] = {}
     if settings.AUTO_START_WORKERS:

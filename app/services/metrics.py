@@ -1,0 +1,264 @@
+"""Prometheus metrics of the API (`GET /metrics`).
+
+Two kinds, in one registry per API process:
+
+* Counted as they happen in this process: HTTP request latency per route (the synchronous
+  `/process` and `/v1/*` paths included) and worker programs started on demand.
+* Gathered at scrape time from Temporal: batches by status, backlog and live pollers per
+  task queue, and the batches' requests, tokens and GPU seconds. Those totals are counters
+  fed by the growth of each batch's published counts between scrapes (running batches, and
+  batches closed since the previous scrape), so they start at zero with the API process
+  and Prometheus' `rate()` and `increase()` work on them across restarts.
+
+Shard durations come from the GPU worker's own Temporal SDK metrics
+(`temporal_activity_execution_latency_seconds{activity_type="run_shard"}` on
+WORKER_GPU_METRICS_PORT); the API publishes the GPU seconds the finished shards used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from temporalio.client import WorkflowExecutionStatus
+
+from app.services.batches import batch_status
+from app.services.queues import queue_states
+from app.services.temporal import TemporalService
+from kernel.config import Settings
+from kernel.contract import BATCH_WORKFLOW, BatchStatus
+from kernel.supervisor import StartResult, SupervisorControl
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "llm_batch"
+BATCH_STATES = (
+    "validating",
+    "in_progress",
+    "finalizing",
+    "cancelling",
+    "completed",
+    "failed",
+    "cancelled",
+)
+_CLOSED_COUNT: dict[str, str] = {
+    "Completed": "completed",
+    "Failed": "failed",
+    "Canceled": "cancelled",
+    "Terminated": "failed",
+    "TimedOut": "failed",
+}
+# Closed batches are looked for back to the previous scrape, plus this margin.
+CLOSED_MARGIN = timedelta(seconds=30)
+# Running batches read per scrape at most (each is one memo in the list answer).
+MAX_RUNNING_BATCHES = 1000
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass
+class _Seen:
+    completed: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    gpu_seconds: float = 0.0
+
+
+class Metrics:
+    """The API's metrics registry and the scrape-time collection from Temporal."""
+
+    def __init__(self, settings: Settings, temporal: TemporalService) -> None:
+        self.settings = settings
+        self.temporal = temporal
+        disable_created_metrics()  # no `_created` series next to every counter
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_latency = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time to answer an API request, by route template, method and status code "
+            "(the synchronous /process and /v1 requests included).",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.workers_started = Counter(
+            f"{PREFIX}_workers_started",
+            "Worker programs this API started on demand over supervisord's socket.",
+            ["program"],
+            registry=r,
+        )
+        self.batches = Gauge(
+            f"{PREFIX}_batches",
+            "Batches by status (running ones by their published status; closed ones by "
+            "Temporal's count of closed batch workflows).",
+            ["status"],
+            registry=r,
+        )
+        self.requests = Counter(
+            f"{PREFIX}_requests",
+            "Batch requests finished, by outcome (completed or failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            f"{PREFIX}_tokens",
+            "Tokens of the answered batch requests (from their usage), by direction.",
+            ["direction"],
+            registry=r,
+        )
+        self.gpu_seconds = Counter(
+            f"{PREFIX}_gpu_seconds",
+            "Seconds finished shards held llama-server's slots.",
+            registry=r,
+        )
+        self.running_requests = Gauge(
+            f"{PREFIX}_running_batch_requests",
+            "Requests of the running batches, by state (total, done, left).",
+            ["state"],
+            registry=r,
+        )
+        self.backlog = Gauge(
+            f"{PREFIX}_queue_backlog",
+            "Approximate tasks waiting in a task queue.",
+            ["queue", "task_queue"],
+            registry=r,
+        )
+        self.pollers = Gauge(
+            f"{PREFIX}_queue_live_pollers",
+            "Workers polling a task queue (seen within POLLER_LIVE_SECONDS).",
+            ["queue", "task_queue"],
+            registry=r,
+        )
+        self.temporal_up = Gauge(
+            f"{PREFIX}_temporal_up",
+            "1 when the last scrape could read Temporal, else 0.",
+            registry=r,
+        )
+        self.scrape_seconds = Gauge(
+            f"{PREFIX}_metrics_scrape_duration_seconds",
+            "Time the last scrape spent reading Temporal.",
+            registry=r,
+        )
+        self._seen: dict[str, _Seen] = {}
+        self._last_scrape: datetime | None = None
+        self._lock = asyncio.Lock()
+
+    # Counted as they happen ------------------------------------------------------------
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.http_latency.labels(method, route, str(status)).observe(seconds)
+
+    def count_starts(self, results: list[StartResult]) -> None:
+        for result in results:
+            if result.outcome == "started":
+                self.workers_started.labels(result.program).inc()
+
+    # Gathered at scrape time -------------------------------------------------------------
+
+    def _account(self, batch: BatchStatus) -> None:
+        seen = self._seen.setdefault(batch.id, _Seen())
+        counts, usage = batch.request_counts, batch.usage
+        now = _Seen(
+            completed=counts.completed,
+            failed=counts.failed,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            gpu_seconds=batch.gpu_seconds,
+        )
+        # Counts only grow; a smaller figure (the merge recounting) is not taken back.
+        self.requests.labels("completed").inc(max(0, now.completed - seen.completed))
+        self.requests.labels("failed").inc(max(0, now.failed - seen.failed))
+        self.tokens.labels("input").inc(max(0, now.input_tokens - seen.input_tokens))
+        self.tokens.labels("output").inc(max(0, now.output_tokens - seen.output_tokens))
+        self.gpu_seconds.inc(max(0.0, now.gpu_seconds - seen.gpu_seconds))
+        seen.completed = max(seen.completed, now.completed)
+        seen.failed = max(seen.failed, now.failed)
+        seen.input_tokens = max(seen.input_tokens, now.input_tokens)
+        seen.output_tokens = max(seen.output_tokens, now.output_tokens)
+        seen.gpu_seconds = max(seen.gpu_seconds, now.gpu_seconds)
+
+    async def _collect_batches(self) -> None:
+        client = await self.temporal.client()
+        started = datetime.now(UTC)
+        since = (self._last_scrape or started) - CLOSED_MARGIN
+        since_text = since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        query = (
+            f"WorkflowType = '{BATCH_WORKFLOW}' AND (ExecutionStatus = 'Running' "
+            f"OR CloseTime > '{since_text}')"
+        )
+        running: dict[str, int] = dict.fromkeys(BATCH_STATES[:4], 0)
+        total = done = 0
+        current: set[str] = set()
+        async for execution in client.list_workflows(query, limit=MAX_RUNNING_BATCHES):
+            if execution.status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
+                continue
+            batch = batch_status(execution.id, execution.status, await execution.memo())
+            current.add(batch.id)
+            self._account(batch)
+            if not batch.is_terminal:
+                running[batch.status] = running.get(batch.status, 0) + 1
+                total += batch.request_counts.total
+                done += batch.request_counts.completed + batch.request_counts.failed
+        # A batch neither running nor closed since the last scrape is counted for good.
+        for batch_id in set(self._seen) - current:
+            del self._seen[batch_id]
+        closed = dict.fromkeys(("completed", "failed", "cancelled"), 0)
+        counted = await client.count_workflows(
+            f"WorkflowType = '{BATCH_WORKFLOW}' AND ExecutionStatus != 'Running' "
+            "AND ExecutionStatus != 'ContinuedAsNew' GROUP BY ExecutionStatus"
+        )
+        for group in counted.groups:
+            name = str(group.group_values[0]) if group.group_values else ""
+            if name in _CLOSED_COUNT:
+                closed[_CLOSED_COUNT[name]] += group.count
+        for status, value in {**running, **closed}.items():
+            self.batches.labels(status).set(value)
+        self.running_requests.labels("total").set(total)
+        self.running_requests.labels("done").set(done)
+        self.running_requests.labels("left").set(max(0, total - done))
+        self._last_scrape = started
+
+    async def _collect_queues(self) -> None:
+        states = await queue_states(self.settings, self.temporal)
+        for queue, state in states.items():
+            live = state.live_pollers(self.settings.POLLER_LIVE_SECONDS)
+            self.backlog.labels(queue, state.name).set(state.backlog)
+            self.pollers.labels(queue, state.name).set(len(live))
+
+    async def render(self) -> bytes:
+        """The Prometheus text exposition, Temporal read fresh (one scrape at a time)."""
+        async with self._lock:
+            started = time.monotonic()
+            try:
+                await asyncio.gather(self._collect_batches(), self._collect_queues())
+            except Exception as exc:  # a scrape still answers, with temporal_up 0
+                logger.warning("metrics: could not read Temporal: %s", exc)
+                self.temporal_up.set(0)
+            else:
+                self.temporal_up.set(1)
+            self.scrape_seconds.set(time.monotonic() - started)
+            return generate_latest(self.registry)
+
+
+def count_starts(supervisor: SupervisorControl, metrics: Metrics) -> SupervisorControl:
+    """Wraps `supervisor.start` so every program it starts is counted."""
+    original = supervisor.start
+
+    async def start(program: str) -> StartResult:
+        result = await original(program)
+        metrics.count_starts([result])
+        return result
+
+    supervisor.start = start  # type: ignore[method-assign]
+    return supervisor

@@ -1,0 +1,450 @@
+"""`llm-batch`: submit, watch and fetch batches over the HTTP API.
+
+Exit codes: 0 the batch completed (or the command did what it was asked), 1 the batch
+failed or the API answered an error, 3 the batch was cancelled (by a cancel or its
+budget), 4 the API could not be reached, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+)
+from rich.table import Column, Table
+from rich.text import Text
+
+from cli.client import Api, ApiError, ApiUnreachable, resolve
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CANCELLED = 3
+EXIT_UNREACHABLE = 4
+TERMINAL = ("completed", "failed", "cancelled")
+POLL_SECONDS = 1.0
+
+app = typer.Typer(
+    name="llm-batch",
+    help="Submit, watch and fetch LLM batches over the API (URL and key from flags, "
+    "LLM_BATCH_URL / LLM_BATCH_API_KEY, or .env).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output is not cut at 80 columns: tables stay whole for grep and logs.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False)
+
+
+class State:
+    api: Api
+    json: bool = False
+
+
+state = State()
+
+
+@app.callback()
+def main(
+    url: Annotated[
+        str | None, typer.Option(help="API base URL (default: LLM_BATCH_URL, then .env)")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="API key (default: LLM_BATCH_API_KEY or API_KEY, then .env)"),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="print JSON (for scripts) instead of tables")
+    ] = False,
+) -> None:
+    state.api = Api(resolve(url, api_key))
+    state.json = json_output
+
+
+def _emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=None) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """One line on stderr; the caller raises the returned Exit."""
+    sys.stderr.write(f"error: {message}\n")
+    return typer.Exit(code)
+
+
+def exit_code(batch: dict[str, Any]) -> int:
+    return {"failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}.get(batch.get("status", ""), 0)
+
+
+# Formatting ---------------------------------------------------------------------------------
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def rate(value: float | None, unit: str) -> str:
+    if value is None:
+        return f"– {unit}"
+    if value >= 100:
+        return f"{value:,.0f} {unit}"
+    return f"{value:.1f} {unit}"
+
+
+def money(value: float | None) -> str:
+    if value is None:
+        return "cost unknown"
+    return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
+
+
+def progress_line(batch: dict[str, Any]) -> str:
+    counts = batch.get("request_counts") or {}
+    done = counts.get("completed", 0) + counts.get("failed", 0)
+    parts = [
+        f"{batch['id']} {batch['status']}",
+        f"{done}/{counts.get('total', 0)} done ({counts.get('failed', 0)} failed)",
+        rate(batch.get("requests_per_second"), "req/s"),
+        rate(batch.get("tokens_per_second"), "tok/s"),
+        f"{duration(batch.get('seconds_left'))} left",
+        money(batch.get("cost_usd")),
+    ]
+    per_million = batch.get("usd_per_million_output_tokens")
+    if per_million is not None:
+        parts.append(f"${per_million:,.2f}/M output tokens")
+    return ", ".join(parts)
+
+
+def batch_table(batch: dict[str, Any]) -> Table:
+    counts = batch.get("request_counts") or {}
+    usage = batch.get("usage") or {}
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows: list[tuple[str, str]] = [
+        ("id", batch["id"]),
+        ("status", batch["status"]),
+        ("endpoint", str(batch.get("endpoint"))),
+        (
+            "requests",
+            f"{counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed "
+            f"of {counts.get('total', 0)}",
+        ),
+        (
+            "tokens",
+            f"{usage.get('input_tokens', 0)} in, {usage.get('output_tokens', 0)} out",
+        ),
+        (
+            "rate",
+            f"{rate(batch.get('requests_per_second'), 'req/s')}, "
+            f"{rate(batch.get('tokens_per_second'), 'tok/s')}",
+        ),
+        ("elapsed", duration(batch.get("elapsed_seconds"))),
+        ("time left", duration(batch.get("seconds_left"))),
+        ("GPU time", f"{batch.get('gpu_seconds', 0):.1f}s"),
+        ("cost", money(batch.get("cost_usd"))),
+    ]
+    if batch.get("usd_per_million_output_tokens") is not None:
+        rows.append(("$/M output", f"${batch['usd_per_million_output_tokens']:,.2f}"))
+    if batch.get("max_cost_usd") is not None:
+        rows.append(("budget", money(batch["max_cost_usd"])))
+    if batch.get("boxes"):
+        rows.append(("boxes", ", ".join(f"{k}: {v}" for k, v in batch["boxes"].items())))
+    if batch.get("errors"):
+        rows.append(("error", str(batch["errors"].get("message"))))
+    for key in ("output_key", "error_key"):
+        if batch.get(key):
+            rows.append((key, batch[key]))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+class RateColumn(ProgressColumn):
+    """requests/s, tokens/s, time left and cost, as the API computes them."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(no_wrap=True))
+
+    def render(self, task: Task) -> Text:
+        batch: dict[str, Any] = task.fields.get("batch") or {}
+        text = (
+            f"{rate(batch.get('requests_per_second'), 'req/s')} · "
+            f"{rate(batch.get('tokens_per_second'), 'tok/s')} · "
+            f"{duration(batch.get('seconds_left'))} left · {money(batch.get('cost_usd'))}"
+        )
+        return Text(text, style="cyan")
+
+
+# Commands -----------------------------------------------------------------------------------
+
+
+def watch_batch(batch_id: str, interval: float = POLL_SECONDS) -> dict[str, Any]:
+    """Polls the batch until it ends; a live bar on a terminal, a line per change otherwise."""
+    api = state.api
+    batch = api.batch(batch_id)
+    if state.json:
+        while batch["status"] not in TERMINAL:
+            time.sleep(interval)
+            batch = api.batch(batch_id)
+        return batch
+    if not err.is_terminal:
+        last = ""
+        while True:
+            line = progress_line(batch)
+            if line != last:
+                err.print(line, markup=False, soft_wrap=True)
+                last = line
+            if batch["status"] in TERMINAL:
+                return batch
+            time.sleep(interval)
+            batch = api.batch(batch_id)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        counts = batch["request_counts"]
+        task = bar.add_task(batch["status"], total=counts["total"] or None, batch=batch)
+        while True:
+            counts = batch["request_counts"]
+            bar.update(
+                task,
+                description=batch["status"],
+                total=counts["total"] or None,
+                completed=counts["completed"] + counts["failed"],
+                batch=batch,
+            )
+            if batch["status"] in TERMINAL:
+                break
+            time.sleep(interval)
+            batch = api.batch(batch_id)
+    return batch
+
+
+def finish(batch: dict[str, Any]) -> None:
+    if state.json:
+        _emit_json(batch)
+    else:
+        out.print(batch_table(batch))
+    raise typer.Exit(exit_code(batch))
+
+
+def read_items(path: Path) -> list[Any]:
+    """The request lines of a JSONL file; a line that is not JSON stops with its number."""
+    items: list[Any] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise fail(f"{path}:{number}: not JSON ({exc.msg} at column {exc.colno})") from None
+    return items
+
+
+@app.command()
+def submit(
+    file: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, metavar="FILE", help="JSONL of request lines"),
+    ],
+    endpoint: Annotated[
+        str, typer.Option(help="default url of lines without one")
+    ] = "/v1/chat/completions",
+    defaults: Annotated[
+        str | None, typer.Option(help="JSON merged into every body, e.g. '{\"max_tokens\": 64}'")
+    ] = None,
+    metadata: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable")] = None,
+    max_cost: Annotated[
+        float | None, typer.Option("--max-cost", help="budget in USD (max_cost_usd)")
+    ] = None,
+    shard_size: Annotated[int | None, typer.Option(help="requests per shard")] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="watch it until it ends")] = False,
+) -> None:
+    """Submit a JSONL file as a batch (inline items, up to the API's MAX_INLINE_ITEMS)."""
+    items = read_items(file)
+    if not items:
+        raise fail(f"{file} has no request lines")
+    limit = state.api.target.max_inline_items
+    if len(items) > limit:
+        raise fail(
+            f"{file} has {len(items)} lines; inline batches take at most {limit} "
+            "(MAX_INLINE_ITEMS): split the file, or upload it to the bucket and POST /batch "
+            "with input_key"
+        )
+    body: dict[str, Any] = {"items": items, "endpoint": endpoint}
+    if defaults:
+        try:
+            body["defaults"] = json.loads(defaults)
+        except json.JSONDecodeError as exc:
+            raise fail(f"--defaults is not JSON: {exc.msg}") from None
+        if not isinstance(body["defaults"], dict):
+            raise fail("--defaults must be a JSON object")
+    if metadata:
+        pairs = [item.partition("=") for item in metadata]
+        if any(not sep or not key for key, sep, _ in pairs):
+            raise fail("--metadata takes KEY=VALUE")
+        body["metadata"] = {key: value for key, _, value in pairs}
+    if max_cost is not None:
+        body["max_cost_usd"] = max_cost
+    if shard_size is not None:
+        body["shard_size"] = shard_size
+    batch = state.api.submit(body)
+    if not watch:
+        if state.json:
+            _emit_json(batch)
+        else:
+            out.print(f"{batch['id']} {batch['status']} ({len(items)} requests)", markup=False)
+        return
+    if not state.json:
+        err.print(f"submitted {batch['id']} ({len(items)} requests)")
+    finish(watch_batch(batch["id"]))
+
+
+@app.command()
+def watch(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")],
+    interval: Annotated[float, typer.Option(min=0.2, help="seconds between polls")] = 1.0,
+) -> None:
+    """Live progress until the batch ends: done of total, req/s, tok/s, time left, cost."""
+    finish(watch_batch(batch_id, interval))
+
+
+@app.command()
+def status(batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")]) -> None:
+    """One batch: counts, rates, time left, cost (exit 1 failed, 3 cancelled)."""
+    finish(state.api.batch(batch_id))
+
+
+@app.command("list")
+def list_batches(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="how many")] = 20,
+) -> None:
+    """Recent batches, newest first."""
+    batches = state.api.batches(limit)
+    if state.json:
+        _emit_json(batches)
+        return
+    table = Table(Column("id", no_wrap=True), "status", "done", "total", "req/s", "cost", "created")
+    for batch in batches:
+        counts = batch.get("request_counts") or {}
+        created = batch.get("created_at")
+        table.add_row(
+            batch["id"],
+            batch["status"],
+            str(counts.get("completed", 0) + counts.get("failed", 0)),
+            str(counts.get("total", 0)),
+            rate(batch.get("requests_per_second"), ""),
+            money(batch.get("cost_usd")),
+            time.strftime("%m-%d %H:%M", time.localtime(created)) if created else "",
+        )
+    out.print(table)
+
+
+def _download(batch_id: str, kind: str, output: Path | None) -> None:
+    chunks = state.api.stream_lines(f"/batch/{batch_id}/{kind}")
+    if output is None:
+        for chunk in chunks:
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+        return
+    partial = output.with_name(output.name + ".part")
+    size = 0
+    with partial.open("wb") as handle:
+        for chunk in chunks:
+            handle.write(chunk)
+            size += len(chunk)
+    partial.replace(output)
+    if not state.json:
+        err.print(f"wrote {size} bytes to {output}")
+
+
+@app.command()
+def results(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="file (default stdout)")
+    ] = None,
+) -> None:
+    """The output lines (JSONL); partial while the batch runs."""
+    _download(batch_id, "results", output)
+
+
+@app.command()
+def errors(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="file (default stdout)")
+    ] = None,
+) -> None:
+    """The error lines (JSONL): invalid input lines and failed requests."""
+    _download(batch_id, "errors", output)
+
+
+@app.command()
+def cancel(batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")]) -> None:
+    """Cancel a batch; its finished results are kept."""
+    batch = state.api.cancel(batch_id)
+    if state.json:
+        _emit_json(batch)
+    else:
+        out.print(f"{batch['id']} {batch['status']}")
+
+
+@app.command()
+def health() -> None:
+    """The API and each dependency (exit 1 when degraded)."""
+    report = state.api.health()
+    if state.json:
+        _emit_json(report)
+    else:
+        out.print(f"API {state.api.target.url}: {report.get('status')} (mode {report.get('mode')})")
+        table = Table("check", "status", "message")
+        for name, check in (report.get("checks") or {}).items():
+            style = "green" if check.get("status") == "ok" else "red"
+            table.add_row(
+                name, Text(str(check.get("status")), style=style), check.get("message", "")
+            )
+        out.print(table)
+    if report.get("status") != "ok":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def run() -> None:
+    """The console script: one clear line for an unreachable API or an API error."""
+    try:
+        app()
+    except ApiUnreachable as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(EXIT_UNREACHABLE) from None
+    except ApiError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        err.print("interrupted (the batch keeps running; `llm-batch watch ID` to follow it)")
+        raise SystemExit(130) from None

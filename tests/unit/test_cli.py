@@ -1,0 +1,231 @@
+"""The `llm-batch` CLI against an in-process double of the API (httpx.MockTransport): what
+it sends, what it prints and its exit codes. Against the real stack: test_operator.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+import cli.main as main
+from cli.client import Api, Target, default_url, resolve
+from kernel.config import Settings
+
+BATCH = {
+    "id": "batch_1",
+    "object": "batch",
+    "endpoint": "/v1/chat/completions",
+    "status": "completed",
+    "request_counts": {"total": 10, "completed": 9, "failed": 1},
+    "usage": {"input_tokens": 100, "output_tokens": 50, "total_tokens": 150},
+    "gpu_seconds": 3.0,
+    "requests_per_second": 5.0,
+    "tokens_per_second": 75.0,
+    "seconds_left": 0.0,
+    "elapsed_seconds": 2.0,
+    "cost_usd": 0.0015,
+    "usd_per_million_output_tokens": 30.0,
+}
+
+
+class FakeApi:
+    """Answers like the API; remembers the requests."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.statuses: list[str] = ["completed"]
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        path = request.url.path
+        if path == "/batch" and request.method == "POST":
+            return httpx.Response(202, json={**BATCH, "status": "validating"})
+        if path == "/batch/batch_1":
+            status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+            return httpx.Response(200, json={**BATCH, "status": status})
+        if path == "/batch/batch_1/results":
+            return httpx.Response(200, content=b'{"custom_id": "a"}\n{"custom_id": "b"}\n')
+        if path == "/batches":
+            return httpx.Response(200, json={"object": "list", "data": [BATCH]})
+        if path == "/health":
+            return httpx.Response(200, json={"status": "degraded", "mode": "local", "checks": {}})
+        message = f"no batch with id {path.rsplit('/', 1)[-1]!r}"
+        return httpx.Response(
+            404, json={"error": {"code": 404, "type": "not_found", "message": message}}
+        )
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApi]:
+    fake = FakeApi()
+    transport = httpx.MockTransport(fake.handler)
+    monkeypatch.setattr(main, "Api", lambda target: Api(target, transport=transport))
+    monkeypatch.setattr(main, "POLL_SECONDS", 0.0)
+    yield fake
+
+
+Invoke = Callable[..., Any]
+
+
+@pytest.fixture
+def invoke(api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Invoke:
+    monkeypatch.chdir(tmp_path)
+    for name in ("LLM_BATCH_URL", "LLM_BATCH_API_KEY", "API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        return runner.invoke(main.app, ["--url", "http://api.test", *args])
+
+    return run
+
+
+def test_status_exit_codes_follow_the_batch(api: FakeApi, invoke: Invoke) -> None:
+    for status, code in (("completed", 0), ("failed", 1), ("cancelled", 3), ("in_progress", 0)):
+        api.statuses = [status]
+        result = invoke("--json", "status", "batch_1")
+        assert result.exit_code == code, status
+        assert json.loads(result.stdout)["status"] == status
+
+
+def test_status_table_shows_rates_time_left_and_cost(invoke: Invoke) -> None:
+    result = invoke("status", "batch_1")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "9 completed, 1 failed of 10" in text
+    assert "5.0 req/s, 75.0 tok/s" in text
+    assert "$0.0015" in text and "$30.00" in text
+
+
+def test_submit_sends_inline_items_with_options(
+    api: FakeApi, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"custom_id": "a", "prompt": "x"}\n\n{"custom_id": "b", "prompt": "y"}\n')
+    result = invoke(
+        "submit",
+        str(source),
+        "--endpoint",
+        "/v1/completions",
+        "--defaults",
+        '{"max_tokens": 4}',
+        "--metadata",
+        "project=demo",
+        "--max-cost",
+        "2.5",
+        "--shard-size",
+        "7",
+    )
+    assert result.exit_code == 0, result.output
+    assert "batch_1 validating (2 requests)" in result.stdout
+    body = json.loads(api.requests[0].content)
+    assert body == {
+        "items": [{"custom_id": "a", "prompt": "x"}, {"custom_id": "b", "prompt": "y"}],
+        "endpoint": "/v1/completions",
+        "defaults": {"max_tokens": 4},
+        "metadata": {"project": "demo"},
+        "max_cost_usd": 2.5,
+        "shard_size": 7,
+    }
+
+
+def test_submit_watch_ends_with_the_batch_exit_code(
+    api: FakeApi, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"custom_id": "a", "prompt": "x"}\n')
+    api.statuses = ["in_progress", "in_progress", "cancelled"]
+    result = invoke("submit", str(source), "--watch")
+    assert result.exit_code == 3
+    assert "10/10 done (1 failed), 5.0 req/s, 75.0 tok/s, 0s left, $0.0015" in result.output
+
+
+def test_submit_refuses_bad_input_in_one_line(
+    api: FakeApi, invoke: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"custom_id": "a"}\n{oops\n')
+    result = invoke("submit", str(source))
+    assert result.exit_code == 2
+    assert f"error: {source}:2: not JSON" in result.output
+    source.write_text('{"custom_id": "a"}\n' * 3)
+    result = invoke("submit", str(source), "--defaults", "[1]")
+    assert result.exit_code == 2 and "--defaults must be a JSON object" in result.output
+    assert api.requests == []
+
+
+def test_submit_refuses_more_lines_than_the_inline_limit(
+    api: FakeApi, invoke: Invoke, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("MAX_INLINE_ITEMS=2\n")
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"custom_id": "a"}\n' * 3)
+    result = invoke("submit", str(source))
+    assert result.exit_code == 2
+    assert "inline batches take at most 2 (MAX_INLINE_ITEMS)" in " ".join(result.output.split())
+    assert api.requests == []
+
+
+def test_results_write_a_file_and_health_exits_1_when_degraded(
+    invoke: Invoke, tmp_path: Path
+) -> None:
+    target = tmp_path / "out.jsonl"
+    result = invoke("results", "batch_1", "-o", str(target))
+    assert result.exit_code == 0
+    assert target.read_text().splitlines() == ['{"custom_id": "a"}', '{"custom_id": "b"}']
+    assert invoke("health").exit_code == 1
+
+
+def test_list_prints_ids_unwrapped(invoke: Invoke) -> None:
+    result = invoke("list")
+    assert result.exit_code == 0 and "batch_1" in result.stdout
+    assert json.loads(invoke("--json", "list").stdout)[0]["id"] == "batch_1"
+
+
+def test_api_errors_become_one_line(
+    monkeypatch: pytest.MonkeyPatch, api: FakeApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.argv", ["llm-batch", "--url", "http://api.test", "status", "batch_x"])
+    with pytest.raises(SystemExit) as exited:
+        main.run()
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: GET /batch/batch_x: HTTP 404: no batch with id 'batch_x'\n"
+    )
+
+
+def test_url_and_key_come_from_flags_then_environment_then_env_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("LLM_BATCH_URL", "LLM_BATCH_API_KEY", "API_KEY", "ENV_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / ".env").write_text("API_PORT=8123\nAPI_KEY=from-file\n")
+    assert resolve(None, None) == Target("http://127.0.0.1:8123", "from-file", 50_000)
+    monkeypatch.setenv("LLM_BATCH_URL", "http://env:1/")
+    monkeypatch.setenv("LLM_BATCH_API_KEY", "from-env")
+    assert resolve(None, None).url == "http://env:1"
+    assert resolve(None, None).key == "from-env"
+    assert resolve("http://flag:2", "from-flag") == Target("http://flag:2", "from-flag", 50_000)
+    # A laptop that deploys to Vast reaches the API through `./deploy_vast.sh tunnel`.
+    tunnelled = Settings(_env_file=None, VAST_HOST="1.2.3.4", TUNNEL_API_PORT=18000)
+    assert default_url(tunnelled) == "http://127.0.0.1:18000"
+    assert default_url(Settings(_env_file=None, API_HOST="0.0.0.0", API_KEY="k")) == (
+        "http://127.0.0.1:8000"
+    )
+
+
+def test_formatting() -> None:
+    assert main.duration(None) == "–"
+    assert main.duration(59.6) == "1m00s"
+    assert main.duration(7325) == "2h02m"
+    assert main.money(None) == "cost unknown"
+    assert main.money(12.345) == "$12.35"
+    assert main.rate(1234.5, "req/s") == "1,234 req/s"
