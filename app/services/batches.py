@@ -31,6 +31,7 @@ from kernel.contract import (
     BatchInput,
     BatchState,
     BatchStatus,
+    completion_window_seconds,
     errors_key,
     input_key,
     output_key,
@@ -68,6 +69,8 @@ def batch_status(
     closed_as = _STATUS_BY_EXECUTION.get(execution_status)
     if closed_as is None:
         return batch
+    if closed_as == "completed" and batch.status == "expired":
+        closed_as = "expired"  # the workflow ends normally when its window runs out
     changes: dict[str, Any] = {"status": closed_as}
     if closed_as == "failed" and batch.errors is None:
         changes["errors"] = BatchErrors(message="the batch workflow failed; see the worker-cpu log")
@@ -112,7 +115,12 @@ class BatchService:
         defaults: dict[str, Any],
         metadata: dict[str, str],
         shard_size: int | None = None,
+        completion_window: str | None = None,
     ) -> BatchStatus:
+        try:
+            window_s = completion_window_seconds(completion_window) if completion_window else 0
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="completion_window") from None
         client = await temporal_client(self.temporal)
         batch_id = new_batch_id()
         try:
@@ -134,8 +142,15 @@ class BatchService:
             raise ServiceUnavailable(f"S3 at {self.settings.MINIO_ENDPOINT}: {exc}") from exc
 
         now = int(time.time())
+        expires_at = now + window_s if window_s else None
         batch = BatchStatus(
-            id=batch_id, created_at=now, endpoint=endpoint, input_key=key, metadata=metadata
+            id=batch_id,
+            created_at=now,
+            endpoint=endpoint,
+            input_key=key,
+            metadata=metadata,
+            completion_window=completion_window,
+            expires_at=expires_at,
         )
         params = BatchInput(
             batch_id=batch_id,
@@ -148,6 +163,7 @@ class BatchService:
             gpu_task_queue=self.settings.GPU_TASK_QUEUE,
             created_at=now,
             metadata=metadata,
+            expires_at=expires_at or 0,
         )
         try:
             await client.start_workflow(
@@ -194,6 +210,25 @@ class BatchService:
             if len(batches) >= limit:
                 break
         return batches
+
+    async def page(self, limit: int, after: str | None = None) -> tuple[list[BatchStatus], bool]:
+        """(batches, has_more): newest first, starting after the batch `after`."""
+        client = await temporal_client(self.temporal)
+        batches: list[BatchStatus] = []
+        skipping = after is not None
+        query = f"WorkflowType = '{BATCH_WORKFLOW}'"
+        async for execution in client.list_workflows(query):
+            if execution.status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
+                continue
+            if skipping:
+                skipping = execution.id != after
+                continue
+            if len(batches) == limit:
+                return batches, True
+            batches.append(batch_status(execution.id, execution.status, await execution.memo()))
+        if skipping:
+            raise InvalidRequest(f"after: no batch with id {after!r}", param="after")
+        return batches, False
 
     async def cancel(self, batch_id: str) -> BatchStatus:
         handle, description = await self._describe(batch_id)

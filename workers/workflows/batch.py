@@ -56,6 +56,10 @@ SHARD_TIMEOUT = timedelta(hours=2)
 SHARD_HEARTBEAT = timedelta(seconds=15)
 
 
+class _Expired(Exception):
+    """The batch's completion window ran out while shards were left (see `_time_left`)."""
+
+
 @workflow.defn(name=BATCH_WORKFLOW)
 class BatchWorkflow:
     def __init__(self) -> None:
@@ -90,6 +94,8 @@ class BatchWorkflow:
                 )
             self._publish(status="finalizing", finalizing_at=self._now())
             merged = await self._merge(params, progress, "completed")
+        except _Expired:
+            return await self._expire(params, progress)
         except asyncio.CancelledError:
             self._publish(status="cancelling", cancelling_at=self._now())
             merged = await self._merge(params, progress, "cancelled")
@@ -113,6 +119,34 @@ class BatchWorkflow:
             output_key=merged.output_key,
             error_key=merged.error_key,
         )
+
+    async def _expire(self, params: BatchInput, progress: BatchProgress) -> BatchResult:
+        """Past the completion window: the shards in flight were stopped like a cancel
+        stops them; what finished is merged into the output and error files."""
+        workflow.logger.info("batch %s: completion window over, expiring", params.batch_id)
+        merged = await self._merge(params, progress, "expired")
+        self._publish(
+            status="expired",
+            expired_at=self._now(),
+            request_counts=self._merged_counts(progress, merged),
+        )
+        return BatchResult(
+            batch_id=params.batch_id,
+            status="expired",
+            total=progress.total,
+            completed=merged.completed,
+            failed=merged.failed,
+            output_key=merged.output_key,
+            error_key=merged.error_key,
+        )
+
+    @staticmethod
+    def _time_left(params: BatchInput) -> float | None:
+        """Seconds until the batch expires (None when it has no deadline); a durable timer
+        in `workflow.wait` wakes the run then, also across worker restarts."""
+        if not params.expires_at:
+            return None
+        return max(0.0, params.expires_at - workflow.now().timestamp())
 
     @staticmethod
     def _merged_counts(progress: BatchProgress, merged: MergeResult) -> RequestCounts:
@@ -174,6 +208,9 @@ class BatchWorkflow:
         in_flight: dict[workflow.ActivityHandle[ShardResult], int] = {}
         try:
             while progress.next_shard < progress.shard_count or in_flight:
+                time_left = self._time_left(params)
+                if time_left == 0:
+                    raise _Expired()
                 stop_scheduling = self._history_is_long(params.max_history_events)
                 while (
                     not stop_scheduling
@@ -195,7 +232,9 @@ class BatchWorkflow:
                     progress.next_shard += 1
                 if not in_flight:
                     return True
-                done, _ = await workflow.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await workflow.wait(
+                    list(in_flight), timeout=time_left, return_when=asyncio.FIRST_COMPLETED
+                )
                 for task in done:
                     del in_flight[task]
                     progress.add(task.result())
@@ -205,7 +244,7 @@ class BatchWorkflow:
                     gpu_seconds=round(progress.gpu_seconds, 3),
                     boxes=dict(progress.boxes),
                 )
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _Expired):
             for task in in_flight:
                 task.cancel()
             if in_flight:
