@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,10 +39,8 @@ class StillRunning(AppError):
 
 
 def served_model_name(settings: Settings) -> str:
-    """The model's name as llama-server reports it by default: the GGUF's file name, or the
-    repository given with -hf."""
-    model = settings.LLAMA_MODEL
-    return Path(model).name if model.endswith(".gguf") else model or "default"
+    """The model's id as llama-server reports it by default: LLAMA_MODEL as given."""
+    return settings.LLAMA_MODEL or "default"
 
 
 def openai_batch(batch: BatchStatus, model: str | None = None) -> dict[str, Any]:

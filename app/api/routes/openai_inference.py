@@ -55,7 +55,7 @@ async def list_models(openai: OpenAIDep) -> OpenAIModelList:
     return OpenAIModelList(data=[OpenAIModel(**model) for model in await openai.models()])
 
 
-@router.get("/models/{model_id}", response_model=OpenAIModel, summary="One served model")
+@router.get("/models/{model_id:path}", response_model=OpenAIModel, summary="One served model")
 async def get_model(model_id: str, openai: OpenAIDep) -> OpenAIModel:
     for model in await openai.models():
         if model["id"] == model_id:
