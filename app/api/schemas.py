@@ -56,6 +56,11 @@ class BatchCreate(BaseModel):
     shard_size: int | None = Field(
         default=None, ge=1, le=100_000, description="Requests per shard (BATCH_SHARD_SIZE)."
     )
+    completion_window: str | None = Field(
+        default=None,
+        description="Optional time limit such as '24h', '30m' or '90s': the batch then ends "
+        "'expired' with what finished in its output file. None: no limit.",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> BatchCreate:

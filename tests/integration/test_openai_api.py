@@ -83,6 +83,7 @@ def test_upload_create_poll_and_download(client: OpenAI, stack: Stack) -> None:
     lines.append({"custom_id": "badurl", "url": "/v1/images", "body": {"prompt": "x"}})
     file_id = upload(client, lines)
     stored = client.files.retrieve(file_id)
+    assert (stored.filename, stored.purpose) == ("input.jsonl", "batch")
     assert stored.bytes == len(jsonl(lines))
     assert client.files.content(file_id).content == jsonl(lines)
 

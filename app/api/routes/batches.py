@@ -65,6 +65,7 @@ async def create_batch(
         defaults=body.defaults,
         metadata=body.metadata,
         shard_size=body.shard_size,
+        completion_window=body.completion_window,
     )
     workers: dict[str, str] = {}
     if settings.AUTO_START_WORKERS:
