@@ -8,11 +8,22 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from openai.types import Batch, FileObject
 
+from app.api.openai_schemas import OpenAIBatch, OpenAIFile
 from app.core.errors import InvalidRequest
 from app.main import create_app
-from app.services.files import check_jsonl, file_id_for_key
-from kernel.contract import completion_window_seconds, errors_key, output_key
+from app.services.files import StoredFile, check_jsonl, file_id_for_key
+from app.services.openai_compat import openai_batch
+from kernel.contract import (
+    BatchErrors,
+    BatchStatus,
+    RequestCounts,
+    Usage,
+    completion_window_seconds,
+    errors_key,
+    output_key,
+)
 from tests.unit.test_api import settings
 
 AUTH = {"Authorization": "Bearer sekret"}
@@ -151,3 +162,36 @@ def test_upload_check_counts_lines_and_names_the_first_bad_one() -> None:
         check_jsonl(io.BytesIO(b"\n\n"))
     with pytest.raises(InvalidRequest, match="longer than"):
         check_jsonl(io.BytesIO(b'{"a": "' + b"x" * 1_000_001 + b'"}\n'))
+
+
+def test_the_batch_object_has_every_field_of_the_clients_model() -> None:
+    status = BatchStatus(
+        id=BATCH_ID,
+        status="expired",
+        input_key="files/file-" + "c" * 32,
+        output_key=output_key(BATCH_ID),
+        error_key=errors_key(BATCH_ID),
+        request_counts=RequestCounts(total=3, completed=2, failed=1),
+        usage=Usage(input_tokens=10, output_tokens=5, total_tokens=15),
+        errors=BatchErrors(message="x"),
+        created_at=100,
+        completion_window="90s",
+        expires_at=190,
+        expired_at=191,
+    )
+    dumped = OpenAIBatch(**openai_batch(status, "tiny")).model_dump(mode="json")
+    assert set(Batch.model_fields) <= set(dumped)
+    batch = Batch.model_validate(dumped)
+    assert batch.input_file_id == "file-" + "c" * 32
+    assert batch.output_file_id == f"file-{BATCH_ID}-output"
+    assert batch.error_file_id == f"file-{BATCH_ID}-errors"
+    assert batch.usage is not None and batch.usage.total_tokens == 15
+    assert batch.status == "expired" and batch.expired_at == 191
+
+    running = openai_batch(status.model_copy(update={"status": "in_progress"}))
+    assert running["output_file_id"] is None and running["error_file_id"] is None
+
+    stored = StoredFile("file-" + "c" * 32, "files/x", "in.jsonl", "batch", 12, 100)
+    file = OpenAIFile(**stored.openai()).model_dump(mode="json")
+    assert set(FileObject.model_fields) <= set(file)
+    FileObject.model_validate(file)
