@@ -9,12 +9,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi_offline import FastAPIOffline
 
 from app.api.deps import require_api_key
-from app.api.routes import batches, health, metrics, process, queues
+from app.api.routes import (
+    batches,
+    health,
+    metrics,
+    openai_batches,
+    openai_files,
+    openai_inference,
+    process,
+    queues,
+)
 from app.core.errors import error_response, install_error_handlers
 from app.services.batches import BatchService
+from app.services.files import FileService
 from app.services.metrics import Metrics, count_starts
+from app.services.openai_compat import OpenAIService
 from app.services.process import ProcessService
 from app.services.queues import Reconciler
 from app.services.temporal import TemporalService
@@ -31,9 +43,17 @@ Durable LLM batch jobs on one GPU box (or many), driven by Temporal and llama-se
 * `POST /process` runs one request and answers synchronously when it finishes in time.
 * Workers start on demand; `GET /queues` shows them, `GET /health` shows every dependency.
 
-When `API_KEY` is set, every route except `GET /health` needs `Authorization: Bearer <key>`.
-Errors always have the shape `{"error": {"code", "type", "message"}}`.
+* Under `/v1`, OpenAI's Files and Batches API and its chat, completion and embedding routes,
+  so the official `openai` client works with `base_url="http://HOST:8000/v1"`.
+
+When `API_KEY` is set, every route needs `Authorization: Bearer <key>` except `GET /health`
+and the documentation (`/docs`, `/redoc`, `/openapi.json`: they hold no data).
+Errors have the shape `{"error": {"code", "type", "message"}}`; under `/v1` they have
+OpenAI's, `{"error": {"message", "type", "param", "code"}}`.
 """
+
+# Uploads stream to disk and then to the bucket, so MAX_REQUEST_BYTES does not apply to them.
+STREAMED_UPLOADS = frozenset({"/v1/files"})
 
 
 async def _ensure_bucket_in_background(settings: Settings) -> None:
@@ -56,12 +76,18 @@ def install_body_limit(app: FastAPI, limit: int) -> None:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        if (
+            length is not None
+            and length.isdigit()
+            and int(length) > limit
+            and request.url.path not in STREAMED_UPLOADS
+        ):
             return error_response(
                 413,
                 "payload_too_large",
                 f"request body is {int(length)} bytes; the limit is {limit} (MAX_REQUEST_BYTES); "
                 "upload large inputs to the bucket and pass input_key",
+                path=request.url.path,
             )
         return await call_next(request)
 
@@ -98,6 +124,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.s3_probe = make_minio(settings, probe=True)
         app.state.batches = BatchService(settings, temporal, make_minio(settings))
         app.state.process = ProcessService(settings, temporal)
+        app.state.files = FileService(settings, make_minio(settings))
+        app.state.openai = OpenAIService(
+            settings, app.state.batches, app.state.files, app.state.process
+        )
         reconciler = Reconciler(settings, temporal, supervisor)
         if settings.AUTO_START_WORKERS:
             reconciler.start()
@@ -109,7 +139,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await reconciler.stop()
             await temporal.close()
 
-    app = FastAPI(
+    # The docs page's assets (Swagger UI, ReDoc) are served by the API itself: /docs works
+    # on a box with no internet access.
+    app = FastAPIOffline(
         title="LLM Batch API",
         version="0.1.0",
         description=DESCRIPTION,
@@ -124,4 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(batches.router, dependencies=protected)
     app.include_router(process.router, dependencies=protected)
     app.include_router(metrics.router, dependencies=protected)
+    app.include_router(openai_files.router, dependencies=protected)
+    app.include_router(openai_batches.router, dependencies=protected)
+    app.include_router(openai_inference.router, dependencies=protected)
     return app

@@ -63,6 +63,35 @@ def summary_key(batch_id: str) -> str:
     return f"{batch_prefix(batch_id)}/summary.json"
 
 
+FILES_PREFIX = "files/"
+
+
+def file_key(file_id: str) -> str:
+    """Where an uploaded file (OpenAI Files API) lives in the bucket."""
+    return f"{FILES_PREFIX}{file_id}"
+
+
+# A batch's completion window: OpenAI's "24h", or any "<N>s", "<N>m", "<N>h" (short ones
+# make expiry testable). Expiry is measured from the batch's creation.
+DEFAULT_COMPLETION_WINDOW = "24h"
+_WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600}
+MAX_COMPLETION_WINDOW_S = 30 * 24 * 3600
+
+
+def completion_window_seconds(window: str) -> int:
+    """Seconds in a completion window such as "24h" or "90s"; ValueError when malformed."""
+    text = window.strip()
+    unit = text[-1:]
+    if unit not in _WINDOW_UNITS or not text[:-1].isdigit():
+        raise ValueError(
+            f"completion_window {window!r} must be a number followed by s, m or h (e.g. '24h')"
+        )
+    seconds = int(text[:-1]) * _WINDOW_UNITS[unit]
+    if not 1 <= seconds <= MAX_COMPLETION_WINDOW_S:
+        raise ValueError(f"completion_window {window!r} must be between 1s and 720h")
+    return seconds
+
+
 BatchState = Literal[
     "validating",
     "in_progress",
@@ -71,8 +100,9 @@ BatchState = Literal[
     "failed",
     "cancelling",
     "cancelled",
+    "expired",
 ]
-TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "expired"})
 
 
 class RequestCounts(BaseModel):
@@ -146,6 +176,11 @@ class BatchStatus(BaseModel):
     failed_at: int | None = None
     cancelling_at: int | None = None
     cancelled_at: int | None = None
+    completion_window: str | None = Field(
+        default=None, description="How long the batch may run, e.g. '24h'; null: no limit."
+    )
+    expires_at: int | None = None
+    expired_at: int | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -311,6 +346,8 @@ class BatchInput:
     # its results) once its cost passes max_cost_usd.
     gpu_price_per_hour: float = 0.0
     max_cost_usd: float | None = None
+    # Unix time after which unfinished shards stop and the batch ends "expired" (0: never).
+    expires_at: int = 0
     # A run continues as new past this many history events (or when the server suggests).
     max_history_events: int = 8_000
     progress: BatchProgress | None = None

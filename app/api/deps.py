@@ -11,6 +11,8 @@ from minio import Minio
 
 from app.core.errors import Unauthorized
 from app.services.batches import BatchService
+from app.services.files import FileService
+from app.services.openai_compat import OpenAIService
 from app.services.process import ProcessService
 from app.services.temporal import TemporalService
 from kernel.config import Settings
@@ -47,12 +49,24 @@ def get_process(request: Request) -> ProcessService:
     return service
 
 
+def get_files(request: Request) -> FileService:
+    service: FileService = request.app.state.files
+    return service
+
+
+def get_openai(request: Request) -> OpenAIService:
+    service: OpenAIService = request.app.state.openai
+    return service
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TemporalDep = Annotated[TemporalService, Depends(get_temporal)]
 SupervisorDep = Annotated[SupervisorControl, Depends(get_supervisor)]
 S3ProbeDep = Annotated[Minio, Depends(get_s3_probe)]
 BatchesDep = Annotated[BatchService, Depends(get_batches)]
 ProcessDep = Annotated[ProcessService, Depends(get_process)]
+FilesDep = Annotated[FileService, Depends(get_files)]
+OpenAIDep = Annotated[OpenAIService, Depends(get_openai)]
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer $API_KEY`")
 

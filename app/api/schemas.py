@@ -62,6 +62,11 @@ class BatchCreate(BaseModel):
         description="Budget in USD: once the batch's cost (GPU_PRICE_PER_HOUR times the box "
         "time it used) would pass it, the batch stops as a cancel does, keeping its results.",
     )
+    completion_window: str | None = Field(
+        default=None,
+        description="Optional time limit such as '24h', '30m' or '90s': the batch then ends "
+        "'expired' with what finished in its output file. None: no limit.",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> BatchCreate:

@@ -1,4 +1,6 @@
-"""Domain errors and the one error shape: {"error": {"code", "type", "message"}}."""
+"""Domain errors and their two shapes: the native routes answer
+`{"error": {"code", "type", "message"}}`; the OpenAI-compatible routes under `/v1` answer
+OpenAI's `{"error": {"message", "type", "param", "code"}}` (`code` a string or null)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,18 @@ class AppError(Exception):
     status_code = 400
     error_type = "invalid_request_error"
 
-    def __init__(self, message: str) -> None:
+    # OpenAI's machine-readable `code` for this kind of error (a string or null).
+    openai_code: str | None = None
+    # Extra response headers (e.g. `x-should-retry: false` tells the openai client that
+    # retrying would only run the request again).
+    headers: dict[str, str] | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param
+        if code is not None:
+            self.openai_code = code
 
 
 class InvalidRequest(AppError):
@@ -43,6 +54,7 @@ class PayloadTooLarge(AppError):
 class Unauthorized(AppError):
     status_code = 401
     error_type = "authentication_error"
+    openai_code = "invalid_api_key"
 
 
 class ServiceUnavailable(AppError):
@@ -63,13 +75,52 @@ _TYPES_BY_STATUS = {
 }
 
 
+OPENAI_PREFIX = "/v1/"
+# OpenAI's error types by status (its 404s are invalid_request_error too).
+_OPENAI_TYPES_BY_STATUS = {
+    401: "authentication_error",
+    403: "permission_error",
+    429: "rate_limit_error",
+}
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith(OPENAI_PREFIX)
+
+
 def error_body(code: int, error_type: str, message: str) -> dict[str, dict[str, object]]:
     return {"error": {"code": code, "type": error_type, "message": message}}
 
 
-def error_response(code: int, error_type: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
-    return JSONResponse(error_body(code, error_type, message), status_code=code, headers=headers)
+def openai_error_body(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict[str, dict[str, object]]:
+    if status >= 500:
+        error_type = "server_error"
+    else:
+        error_type = _OPENAI_TYPES_BY_STATUS.get(status, "invalid_request_error")
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_response(
+    code: int,
+    error_type: str,
+    message: str,
+    *,
+    path: str = "",
+    param: str | None = None,
+    openai_code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The error in the shape of the route it answers (OpenAI's under /v1)."""
+    headers = dict(headers or {})
+    if code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if is_openai_path(path):
+        body = openai_error_body(code, message, param, openai_code)
+    else:
+        body = error_body(code, error_type, message)
+    return JSONResponse(body, status_code=code, headers=headers or None)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -82,25 +133,52 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
-    async def _app_error(_: Request, exc: AppError) -> JSONResponse:
-        return error_response(exc.status_code, exc.error_type, exc.message)
+    async def _app_error(request: Request, exc: AppError) -> JSONResponse:
+        return error_response(
+            exc.status_code,
+            exc.error_type,
+            exc.message,
+            path=request.url.path,
+            param=exc.param,
+            openai_code=exc.openai_code,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
+        param = None
         if first.get("type") == "json_invalid":
             message = f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
         else:
             detail = str(first.get("msg", "")).removeprefix("Value error, ")
-            message = f"{_location(tuple(first.get('loc', ())))}: {detail}"
-        return error_response(400, "invalid_request_error", message.strip().rstrip(":"))
+            param = _location(tuple(first.get("loc", ())))
+            message = f"{param}: {detail}"
+        return error_response(
+            400,
+            "invalid_request_error",
+            message.strip().rstrip(":"),
+            path=request.url.path,
+            param=param,
+        )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error_type = _TYPES_BY_STATUS.get(exc.status_code, "api_error")
-        return error_response(exc.status_code, error_type, str(exc.detail))
+        message = str(exc.detail)
+        if exc.status_code in (404, 405) and is_openai_path(request.url.path):
+            message = (
+                f"{request.method} {request.url.path} is not supported here; see /docs for the "
+                "OpenAI-compatible routes"
+            )
+        return error_response(exc.status_code, error_type, message, path=request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "server_error", f"internal error: {type(exc).__name__}")
+        return error_response(
+            500,
+            "server_error",
+            f"internal error: {type(exc).__name__}",
+            path=request.url.path,
+        )

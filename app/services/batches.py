@@ -34,6 +34,7 @@ from kernel.contract import (
     BatchInput,
     BatchState,
     BatchStatus,
+    completion_window_seconds,
     errors_key,
     input_key,
     output_key,
@@ -73,6 +74,8 @@ def batch_status(
         return batch
     if closed_as == "completed" and batch.status == "cancelled":
         closed_as = "cancelled"  # stopped by its budget: the run itself ended normally
+    if closed_as == "completed" and batch.status == "expired":
+        closed_as = "expired"  # the workflow ends normally when its window runs out
     changes: dict[str, Any] = {"status": closed_as}
     if closed_as == "failed" and batch.errors is None:
         changes["errors"] = BatchErrors(message="the batch workflow failed; see the worker-cpu log")
@@ -131,6 +134,7 @@ class BatchService:
         metadata: dict[str, str],
         shard_size: int | None = None,
         max_cost_usd: float | None = None,
+        completion_window: str | None = None,
     ) -> BatchStatus:
         price = await gpu_price_per_hour(self.settings)
         if max_cost_usd is not None and not price:
@@ -138,6 +142,10 @@ class BatchService:
                 "max_cost_usd needs a box price: set GPU_PRICE_PER_HOUR (USD per hour) "
                 "or install and configure the vastai CLI"
             )
+        try:
+            window_s = completion_window_seconds(completion_window) if completion_window else 0
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="completion_window") from None
         client = await temporal_client(self.temporal)
         batch_id = new_batch_id()
         try:
@@ -159,6 +167,7 @@ class BatchService:
             raise ServiceUnavailable(f"S3 at {self.settings.MINIO_ENDPOINT}: {exc}") from exc
 
         now = int(time.time())
+        expires_at = now + window_s if window_s else None
         batch = BatchStatus(
             id=batch_id,
             created_at=now,
@@ -167,6 +176,8 @@ class BatchService:
             metadata=metadata,
             gpu_price_per_hour=price or None,
             max_cost_usd=max_cost_usd,
+            completion_window=completion_window,
+            expires_at=expires_at,
         )
         params = BatchInput(
             batch_id=batch_id,
@@ -181,6 +192,7 @@ class BatchService:
             metadata=metadata,
             gpu_price_per_hour=price,
             max_cost_usd=max_cost_usd,
+            expires_at=expires_at or 0,
         )
         try:
             await client.start_workflow(
@@ -259,6 +271,25 @@ class BatchService:
                 break  # this and every later one was created before the oldest kept
             await add(execution)
         return [found[key] for key in sorted(found, reverse=True)]
+
+    async def page(self, limit: int, after: str | None = None) -> tuple[list[BatchStatus], bool]:
+        """(batches, has_more): newest first, starting after the batch `after`."""
+        client = await temporal_client(self.temporal)
+        batches: list[BatchStatus] = []
+        skipping = after is not None
+        query = f"WorkflowType = '{BATCH_WORKFLOW}'"
+        async for execution in client.list_workflows(query):
+            if execution.status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
+                continue
+            if skipping:
+                skipping = execution.id != after
+                continue
+            if len(batches) == limit:
+                return batches, True
+            batches.append(batch_status(execution.id, execution.status, await execution.memo()))
+        if skipping:
+            raise InvalidRequest(f"after: no batch with id {after!r}", param="after")
+        return batches, False
 
     async def cancel(self, batch_id: str) -> BatchStatus:
         handle, description = await self._describe(batch_id)

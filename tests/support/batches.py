@@ -8,7 +8,7 @@ from typing import Any
 
 from tests.support.stack import Stack
 
-TERMINAL = {"completed", "failed", "cancelled"}
+TERMINAL = {"completed", "failed", "cancelled", "expired"}
 
 
 def chat_items(count: int, prefix: str = "q", max_tokens: int = 8) -> list[dict[str, Any]]:

@@ -64,6 +64,10 @@ class BudgetReached(Exception):
     """The batch's cost would pass its max_cost_usd: it stops as a cancel does."""
 
 
+class _Expired(Exception):
+    """The batch's completion window ran out while shards were left (see `_time_left`)."""
+
+
 @workflow.defn(name=BATCH_WORKFLOW)
 class BatchWorkflow:
     def __init__(self) -> None:
@@ -100,6 +104,8 @@ class BatchWorkflow:
             merged = await self._merge(params, progress, "completed")
         except BudgetReached as reached:
             return await self._stop_for_budget(params, progress, str(reached))
+        except _Expired:
+            return await self._expire(params, progress)
         except asyncio.CancelledError:
             self._publish_cancelling()
             merged = await self._merge(params, progress, "cancelled")
@@ -123,6 +129,34 @@ class BatchWorkflow:
             output_key=merged.output_key,
             error_key=merged.error_key,
         )
+
+    async def _expire(self, params: BatchInput, progress: BatchProgress) -> BatchResult:
+        """Past the completion window: the shards in flight were stopped like a cancel
+        stops them; what finished is merged into the output and error files."""
+        workflow.logger.info("batch %s: completion window over, expiring", params.batch_id)
+        merged = await self._merge(params, progress, "expired")
+        self._publish(
+            status="expired",
+            expired_at=self._now(),
+            request_counts=self._merged_counts(progress, merged),
+        )
+        return BatchResult(
+            batch_id=params.batch_id,
+            status="expired",
+            total=progress.total,
+            completed=merged.completed,
+            failed=merged.failed,
+            output_key=merged.output_key,
+            error_key=merged.error_key,
+        )
+
+    @staticmethod
+    def _time_left(params: BatchInput) -> float | None:
+        """Seconds until the batch expires (None when it has no deadline); a durable timer
+        in `workflow.wait` wakes the run then, also across worker restarts."""
+        if not params.expires_at:
+            return None
+        return max(0.0, params.expires_at - workflow.now().timestamp())
 
     @staticmethod
     def _merged_counts(progress: BatchProgress, merged: MergeResult) -> RequestCounts:
@@ -184,6 +218,9 @@ class BatchWorkflow:
         in_flight: dict[workflow.ActivityHandle[ShardResult], int] = {}
         try:
             while progress.next_shard < progress.shard_count or in_flight:
+                time_left = self._time_left(params)
+                if time_left == 0:
+                    raise _Expired()
                 stop_scheduling = self._history_is_long(params.max_history_events)
                 while (
                     not stop_scheduling
@@ -205,7 +242,9 @@ class BatchWorkflow:
                     progress.next_shard += 1
                 if not in_flight:
                     return True
-                done, _ = await workflow.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await workflow.wait(
+                    list(in_flight), timeout=time_left, return_when=asyncio.FIRST_COMPLETED
+                )
                 for task in done:
                     del in_flight[task]
                     progress.add(task.result())
@@ -222,6 +261,9 @@ class BatchWorkflow:
         except asyncio.CancelledError:
             await self._cancel_shards(in_flight, progress)
             raise
+        except _Expired:
+            await self._cancel_shards(in_flight, progress, announce=False)
+            raise
         return False
 
     def _publish_cancelling(self) -> None:
@@ -232,12 +274,14 @@ class BatchWorkflow:
         self,
         in_flight: dict[workflow.ActivityHandle[ShardResult], int],
         progress: BatchProgress,
+        announce: bool = True,
     ) -> None:
-        """Shows `cancelling` at once, then cancels the running shards and waits for them:
-        each keeps the lines it answered as its result (see run_shard) and completes, so
-        its counts join the batch's."""
+        """Shows `cancelling` at once (unless `announce` is off: an expiry is no cancel),
+        then cancels the running shards and waits for them: each keeps the lines it
+        answered as its result (see run_shard) and completes, so its counts join the
+        batch's."""
         keeps_answers = workflow.patched(CANCEL_PUBLISHES_FIRST)
-        if keeps_answers:
+        if keeps_answers and announce:
             self._publish_cancelling()
         for task in in_flight:
             task.cancel()

@@ -66,6 +66,7 @@ async def create_batch(
         metadata=body.metadata,
         shard_size=body.shard_size,
         max_cost_usd=body.max_cost_usd,
+        completion_window=body.completion_window,
     )
     workers: dict[str, str] = {}
     if settings.AUTO_START_WORKERS:

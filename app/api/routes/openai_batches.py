@@ -1,0 +1,54 @@
+"""OpenAI Batch API: `/v1/batches`, the same batches `/batch` runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import OpenAIDep, SettingsDep, SupervisorDep
+from app.api.openai_schemas import OpenAIBatch, OpenAIBatchCreate, OpenAIBatchList
+
+router = APIRouter(prefix="/v1", tags=["OpenAI: batches"])
+
+
+@router.post("/batches", response_model=OpenAIBatch, summary="Create a batch from an input file")
+async def create_batch(
+    body: OpenAIBatchCreate, openai: OpenAIDep, supervisor: SupervisorDep, settings: SettingsDep
+) -> OpenAIBatch:
+    batch = await openai.create_batch(
+        body.input_file_id, body.endpoint, body.completion_window, body.metadata
+    )
+    if settings.AUTO_START_WORKERS:
+        await supervisor.start_workers()
+    return OpenAIBatch(**batch)
+
+
+@router.get("/batches", response_model=OpenAIBatchList, summary="Batches, newest first")
+async def list_batches(
+    openai: OpenAIDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(description="A batch id: list the ones after it.")] = None,
+) -> OpenAIBatchList:
+    page, has_more = await openai.list_batches(limit, after)
+    data = [OpenAIBatch(**batch) for batch in page]
+    return OpenAIBatchList(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=has_more,
+    )
+
+
+@router.get("/batches/{batch_id}", response_model=OpenAIBatch, summary="A batch")
+async def get_batch(batch_id: str, openai: OpenAIDep) -> OpenAIBatch:
+    return OpenAIBatch(**await openai.get_batch(batch_id))
+
+
+@router.post(
+    "/batches/{batch_id}/cancel",
+    response_model=OpenAIBatch,
+    summary="Cancel a batch (what finished is kept in its output file)",
+)
+async def cancel_batch(batch_id: str, openai: OpenAIDep) -> OpenAIBatch:
+    return OpenAIBatch(**await openai.cancel_batch(batch_id))

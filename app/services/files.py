@@ -1,0 +1,298 @@
+"""Files of the OpenAI-compatible API, kept in the bucket.
+
+An uploaded file lives at `files/{file_id}` with its name, purpose and creation time as the
+object's S3 user metadata: no database, nothing to keep in step. A batch's own files are
+files too, under ids derived from the batch id (no copying):
+
+| file id                  | object                          | purpose        |
+|--------------------------|---------------------------------|----------------|
+| `file-<hex>`             | `files/file-<hex>`              | `batch`        |
+| `file-<batch id>-input`  | `batches/<batch id>/input.jsonl`  | `batch`        |
+| `file-<batch id>-output` | `batches/<batch id>/output.jsonl` | `batch_output` |
+| `file-<batch id>-errors` | `batches/<batch id>/errors.jsonl` | `batch_output` |
+
+Uploads are spooled to disk by the multipart parser (never whole in memory), checked line by
+line (each non-blank line a JSON object of at most MAX_LINE_BYTES), then streamed into the
+bucket in parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any, BinaryIO, Literal, TypeVar, cast
+from urllib.parse import quote, unquote
+
+from minio import Minio
+from minio.error import S3Error
+
+from app.core.errors import InvalidRequest, NotFound, ServiceUnavailable
+from kernel.config import Settings
+from kernel.contract import (
+    FILES_PREFIX,
+    MAX_LINE_BYTES,
+    errors_key,
+    file_key,
+    input_key,
+    output_key,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+FilePurpose = Literal["batch", "batch_output"]
+UPLOAD_PURPOSES = ("batch",)
+PART_BYTES = 16 * 1024 * 1024
+STREAM_CHUNK_BYTES = 256 * 1024
+_META_FILENAME = "filename"
+_META_PURPOSE = "purpose"
+_META_CREATED = "created-at"
+_UPLOADED_ID = re.compile(r"^file-[0-9a-f]{32}$")
+_BATCH_FILE_ID = re.compile(r"^file-(?P<batch>batch_[0-9a-f]{32})-(?P<kind>input|output|errors)$")
+_BATCH_FILE_KEY = re.compile(
+    r"^batches/(?P<batch>batch_[0-9a-f]{32})/(?P<kind>input|output|errors)\.jsonl$"
+)
+_BATCH_KEY_BY_KIND = {"input": input_key, "output": output_key, "errors": errors_key}
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: str
+    key: str
+    filename: str
+    purpose: FilePurpose
+    bytes: int
+    created_at: int
+
+    def openai(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": self.bytes,
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }
+
+
+def new_file_id() -> str:
+    return f"file-{uuid.uuid4().hex}"
+
+
+def batch_file_id(batch_id: str, kind: Literal["input", "output", "errors"]) -> str:
+    return f"file-{batch_id}-{kind}"
+
+
+def file_id_for_key(key: str) -> str | None:
+    """The file id under which an object is visible, when it is one."""
+    if key.startswith(FILES_PREFIX) and _UPLOADED_ID.match(key[len(FILES_PREFIX) :]):
+        return key[len(FILES_PREFIX) :]
+    match = _BATCH_FILE_KEY.match(key)
+    if match:
+        return f"file-{match['batch']}-{match['kind']}"
+    return None
+
+
+def _key_and_purpose(file_id: str) -> tuple[str, FilePurpose]:
+    if _UPLOADED_ID.match(file_id):
+        return file_key(file_id), "batch"
+    match = _BATCH_FILE_ID.match(file_id)
+    if match:
+        kind = match["kind"]
+        return _BATCH_KEY_BY_KIND[kind](match["batch"]), "batch" if kind == "input" else (
+            "batch_output"
+        )
+    raise NotFound(f"No such File object: {file_id}", param="file_id")
+
+
+def _epoch(value: dt.datetime | None) -> int:
+    return int(value.timestamp()) if value else int(time.time())
+
+
+def check_jsonl(stream: IO[bytes]) -> int:
+    """Reads the upload through once: every non-blank line must be a JSON object. Returns
+    the number of request lines; raises InvalidRequest naming the first bad line."""
+    lines = number = 0
+    while raw := stream.readline(MAX_LINE_BYTES + 2):  # bounded: no line read whole
+        number += 1
+        if not raw.strip():
+            continue
+        if len(raw.rstrip(b"\r\n")) > MAX_LINE_BYTES:
+            raise InvalidRequest(
+                f"file line {number} is longer than {MAX_LINE_BYTES} bytes (the line limit)",
+                param="file",
+            )
+        try:
+            parsed = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(
+                f"file line {number} is not valid JSON ({exc}); a batch input is JSONL: "
+                "one request object per line",
+                param="file",
+            ) from None
+        if not isinstance(parsed, dict):
+            raise InvalidRequest(
+                f"file line {number}: expected a JSON object, got {type(parsed).__name__}",
+                param="file",
+            )
+        lines += 1
+    if lines == 0:
+        raise InvalidRequest("the file has no request line", param="file")
+    return lines
+
+
+class FileService:
+    def __init__(self, settings: Settings, s3: Minio) -> None:
+        self.s3 = s3
+        self.bucket = settings.MINIO_BUCKET
+        self.endpoint = settings.MINIO_ENDPOINT
+
+    # Upload ----------------------------------------------------------------------------
+
+    def _store(self, stream: IO[bytes], size: int, filename: str, purpose: str) -> StoredFile:
+        stream.seek(0)
+        check_jsonl(stream)
+        stream.seek(0)
+        file_id = new_file_id()
+        now = int(time.time())
+        self.s3.put_object(
+            self.bucket,
+            file_key(file_id),
+            cast(BinaryIO, stream),
+            length=size,
+            part_size=PART_BYTES,
+            content_type="application/jsonl",
+            metadata={
+                _META_FILENAME: quote(filename, safe=""),
+                _META_PURPOSE: purpose,
+                _META_CREATED: str(now),
+            },
+        )
+        logger.info("file %s stored (%s, %d bytes)", file_id, filename, size)
+        return StoredFile(file_id, file_key(file_id), filename, "batch", size, now)
+
+    async def create(self, stream: IO[bytes], size: int, filename: str, purpose: str) -> StoredFile:
+        if purpose not in UPLOAD_PURPOSES:
+            raise InvalidRequest(
+                f"purpose {purpose!r} is not supported here; upload batch inputs with "
+                "purpose 'batch'",
+                param="purpose",
+            )
+        return await self._s3(self._store, stream, size, filename or "upload.jsonl", purpose)
+
+    # Lookup ----------------------------------------------------------------------------
+
+    async def _s3(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                raise
+            raise ServiceUnavailable(f"S3 error: {exc}") from exc
+        except OSError as exc:
+            raise ServiceUnavailable(f"S3 at {self.endpoint}: {exc}") from exc
+
+    def _stat(self, file_id: str) -> StoredFile:
+        key, purpose = _key_and_purpose(file_id)
+        try:
+            stat = self.s3.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                raise NotFound(f"No such File object: {file_id}", param="file_id") from None
+            raise
+        meta = {k.lower(): v for k, v in (stat.metadata or {}).items()}
+        filename = unquote(meta.get(f"x-amz-meta-{_META_FILENAME}", "")) or key.rsplit("/", 1)[-1]
+        created = meta.get(f"x-amz-meta-{_META_CREATED}", "")
+        return StoredFile(
+            id=file_id,
+            key=key,
+            filename=filename if _UPLOADED_ID.match(file_id) else f"{file_id}.jsonl",
+            purpose=purpose,
+            bytes=stat.size or 0,
+            created_at=int(created) if created.isdigit() else _epoch(stat.last_modified),
+        )
+
+    async def get(self, file_id: str) -> StoredFile:
+        return await self._s3(self._stat, file_id)
+
+    def _list(self, purpose: str | None) -> list[StoredFile]:
+        files: list[StoredFile] = []
+        if purpose in (None, "batch"):
+            for obj in self.s3.list_objects(self.bucket, prefix=FILES_PREFIX):
+                file_id = file_id_for_key(obj.object_name or "")
+                if file_id:
+                    files.append(self._stat(file_id))
+        # A batch's files: one listing gives their sizes and times, no per-file request.
+        for obj in self.s3.list_objects(self.bucket, prefix="batches/", recursive=True):
+            file_id = file_id_for_key(obj.object_name or "")
+            if file_id is None:
+                continue
+            kind: FilePurpose = "batch" if file_id.endswith("-input") else "batch_output"
+            if purpose not in (None, kind):
+                continue
+            files.append(
+                StoredFile(
+                    id=file_id,
+                    key=obj.object_name or "",
+                    filename=f"{file_id}.jsonl",
+                    purpose=kind,
+                    bytes=obj.size or 0,
+                    created_at=_epoch(obj.last_modified),
+                )
+            )
+        return files
+
+    async def list(
+        self, purpose: str | None, limit: int, after: str | None, order: str
+    ) -> tuple[list[StoredFile], bool]:
+        """(page, has_more), newest first unless order is 'asc'."""
+        files = await self._s3(self._list, purpose)
+        files.sort(key=lambda f: (f.created_at, f.id), reverse=order != "asc")
+        if after:
+            ids = [f.id for f in files]
+            if after not in ids:
+                raise InvalidRequest(f"after: no file {after!r} in this listing", param="after")
+            files = files[ids.index(after) + 1 :]
+        return files[:limit], len(files) > limit
+
+    # Content ---------------------------------------------------------------------------
+
+    def _chunks(self, key: str) -> Iterator[bytes]:
+        response = self.s3.get_object(self.bucket, key)
+        try:
+            yield from response.stream(STREAM_CHUNK_BYTES)
+        finally:
+            response.close()
+            response.release_conn()
+
+    async def content(self, file_id: str) -> tuple[StoredFile, Iterator[bytes]]:
+        stored = await self.get(file_id)
+        return stored, self._chunks(stored.key)
+
+    async def delete(self, file_id: str) -> StoredFile:
+        stored = await self.get(file_id)
+        await self._s3(self.s3.remove_object, self.bucket, stored.key)
+        logger.info("file %s deleted (%s)", file_id, stored.key)
+        return stored
+
+    async def batch_input_key(self, file_id: str) -> str:
+        """The object key of a batch's input file; 404 when missing, 400 when its purpose is
+        not 'batch'."""
+        stored = await self.get(file_id)
+        if stored.purpose != "batch":
+            raise InvalidRequest(
+                f"file {file_id} has purpose {stored.purpose!r}; a batch's input_file_id must "
+                "be a file uploaded with purpose 'batch'",
+                param="input_file_id",
+            )
+        return stored.key

@@ -1,0 +1,195 @@
+"""The OpenAI-compatible view: the same batches `/batch` runs, seen as OpenAI batch objects;
+synchronous requests through the `/process` path, answered in OpenAI's shape."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from app.core.errors import AppError, InvalidRequest
+from app.services.batches import BatchService
+from app.services.files import FileService, batch_file_id, file_id_for_key
+from app.services.process import ProcessService
+from kernel.config import Settings
+from kernel.contract import ENDPOINTS, BatchStatus
+from kernel.lines import LineError, normalize_request
+
+logger = logging.getLogger(__name__)
+
+
+class UpstreamError(AppError):
+    """llama-server refused or failed a synchronous request: its status, its message."""
+
+    def __init__(self, status_code: int, message: str, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.status_code = status_code
+        self.error_type = "invalid_request_error" if status_code < 500 else "server_error"
+
+    headers = {"x-should-retry": "false"}
+
+
+class StillRunning(AppError):
+    status_code = 504
+    error_type = "timeout"
+    openai_code = "timeout"
+    headers = {"x-should-retry": "false"}
+
+
+def served_model_name(settings: Settings) -> str:
+    """The model's id as llama-server reports it by default: LLAMA_MODEL as given."""
+    return settings.LLAMA_MODEL or "default"
+
+
+def openai_batch(batch: BatchStatus, model: str | None = None) -> dict[str, Any]:
+    """A batch as the `openai` client's `Batch` model has it."""
+    counts = batch.request_counts
+    errors = None
+    if batch.errors is not None:
+        errors = {
+            "object": "list",
+            "data": [{"code": "batch_failed", "message": batch.errors.message}],
+        }
+    key = batch.input_key or ""
+    input_file_id = file_id_for_key(key) or key
+    over = batch.is_terminal and batch.output_key is not None
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "endpoint": batch.endpoint,
+        "model": model,
+        "errors": errors,
+        "input_file_id": input_file_id,
+        "completion_window": batch.completion_window or "none",
+        "status": batch.status,
+        "output_file_id": batch_file_id(batch.id, "output") if over and counts.completed else None,
+        "error_file_id": batch_file_id(batch.id, "errors") if over and counts.failed else None,
+        "created_at": batch.created_at or 0,
+        "in_progress_at": batch.in_progress_at,
+        "expires_at": batch.expires_at,
+        "finalizing_at": batch.finalizing_at,
+        "completed_at": batch.completed_at,
+        "failed_at": batch.failed_at,
+        "expired_at": batch.expired_at,
+        "cancelling_at": batch.cancelling_at,
+        "cancelled_at": batch.cancelled_at,
+        "request_counts": counts.model_dump(),
+        "usage": {
+            "input_tokens": batch.usage.input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": batch.usage.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": batch.usage.total_tokens,
+        },
+        "metadata": batch.metadata or None,
+    }
+
+
+class OpenAIService:
+    def __init__(
+        self,
+        settings: Settings,
+        batches: BatchService,
+        files: FileService,
+        process: ProcessService,
+    ) -> None:
+        self.settings = settings
+        self.batches = batches
+        self.files = files
+        self.process = process
+        self.model = served_model_name(settings)
+
+    # Batches ---------------------------------------------------------------------------
+
+    async def create_batch(
+        self,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str,
+        metadata: dict[str, str] | None,
+    ) -> dict[str, Any]:
+        if endpoint not in ENDPOINTS:
+            raise InvalidRequest(
+                f"endpoint {endpoint!r} is not supported; use one of {', '.join(ENDPOINTS)}",
+                param="endpoint",
+                code="invalid_value",
+            )
+        key = await self.files.batch_input_key(input_file_id)
+        batch = await self.batches.submit(
+            items=None,
+            input_object=key,
+            endpoint=endpoint,
+            defaults={},
+            metadata=metadata or {},
+            completion_window=completion_window,
+        )
+        return openai_batch(batch, self.model)
+
+    async def get_batch(self, batch_id: str) -> dict[str, Any]:
+        return openai_batch(await self.batches.get(batch_id), self.model)
+
+    async def list_batches(
+        self, limit: int, after: str | None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        page, has_more = await self.batches.page(limit, after)
+        return [openai_batch(batch, self.model) for batch in page], has_more
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return openai_batch(await self.batches.cancel(batch_id), self.model)
+
+    # Synchronous requests --------------------------------------------------------------
+
+    async def run(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One request through the durable, priority path; llama-server's answer body."""
+        if body.get("stream"):
+            raise InvalidRequest(
+                "stream=true is not supported: answers come whole (they run as a durable "
+                "request); send stream=false or leave it out",
+                param="stream",
+                code="unsupported_value",
+            )
+        try:
+            request = normalize_request({"custom_id": "v1", "url": endpoint, "body": body})
+        except LineError as exc:
+            raise InvalidRequest(str(exc)) from None
+        timeout_s = self.settings.PROCESS_TIMEOUT_SECONDS
+        finished, result = await self.process.submit(request, timeout_s)
+        if not finished:
+            raise StillRunning(
+                f"no answer within {timeout_s:g}s (PROCESS_TIMEOUT_SECONDS); the request "
+                f"keeps running: poll GET /process/{result['id']} for its result"
+            )
+        if result["status"] != "completed":
+            message = (result.get("error") or {}).get("message") or "the request failed"
+            raise UpstreamError(500, f"request {result['id']} failed: {message}")
+        response = result["output"]["response"]
+        status_code = int(response.get("status_code", 500))
+        if status_code == 200:
+            answer: dict[str, Any] = response["body"]
+            return answer
+        error = result["output"].get("error") or {}
+        raise UpstreamError(status_code, str(error.get("message") or f"HTTP {status_code}"))
+
+    # Models ----------------------------------------------------------------------------
+
+    async def models(self) -> list[dict[str, Any]]:
+        """What llama-server says it serves; the LLAMA_MODEL setting when it is down."""
+        try:
+            async with httpx.AsyncClient(base_url=self.settings.LLAMA_URL, timeout=2.0) as client:
+                listed = (await client.get("/v1/models")).raise_for_status().json()
+            models = [
+                {
+                    "id": str(item["id"]),
+                    "object": "model",
+                    "created": int(item.get("created") or time.time()),
+                    "owned_by": str(item.get("owned_by") or "llamacpp"),
+                }
+                for item in listed.get("data", [])
+            ]
+            if models:
+                return models
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            logger.info("llama-server's model list is unavailable (%s); using LLAMA_MODEL", exc)
+        return [{"id": self.model, "object": "model", "created": 0, "owned_by": "llamacpp"}]
