@@ -92,6 +92,8 @@ def normalize_request(
     """Returns {"custom_id", "url", "body"} for a parsed line, or raises LineError."""
     if not isinstance(line, dict):
         raise LineError(f"expected a JSON object, got {type(line).__name__}")
+    if set(line) == {"invalid_item"} and isinstance(line["invalid_item"], str):
+        raise LineError(line["invalid_item"][:200])  # staged so by the API for an item
     custom_id = line.get("custom_id")
     if custom_id is None:
         raise LineError("missing 'custom_id'")

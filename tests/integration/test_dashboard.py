@@ -417,7 +417,7 @@ def test_key_protects_every_route_and_reaches_the_api(keyed: Deployment) -> None
 def test_dashboard_with_another_key_than_the_api_says_so(
     keyed: Deployment, launcher: Launcher
 ) -> None:
-    env = {**keyed.env, "WEB_PORT": str(free_port()), "API_KEY": "not-the-api-key"}
+    env = {**keyed.env, "WEB_PORT": str(free_port()), "API_KEY": "not-the-api-key-at-all"}
     web = launcher.web(env)
     assert web.popen is not None
     response = httpx.get(
