@@ -159,11 +159,15 @@ class BatchService:
     def _check_input_key(self, key: str) -> None:
         try:
             self.staging.stat_object(self.bucket, key)
+        except ValueError as exc:  # the client refuses the name itself
+            raise InvalidRequest(f"input_key {key!r} is not a valid object name: {exc}") from None
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
                 raise InvalidRequest(
                     f"input_key {key!r} does not exist in bucket {self.bucket!r}"
                 ) from None
+            if exc.code in ("InvalidObjectName", "KeyTooLongError", "InvalidArgument"):
+                raise InvalidRequest(f"input_key {key!r} is not a valid object name") from None
             raise
 
     async def _existing(self, batch_id: str) -> BatchStatus | None:
