@@ -621,8 +621,10 @@ def supervisor_states():
     return states
 
 def fetch():
+    # /health gives its checks only to a caller with the key (when one is set).
+    headers = {"Authorization": "Bearer " + os.environ["API_KEY"]} if os.environ.get("API_KEY") else {}
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as response:
             return json.load(response)
     except urllib.error.HTTPError as error:
         try:
