@@ -135,7 +135,9 @@ class Deployment:
         return f"http://127.0.0.1:{self.env['WEB_PORT']}"
 
     def api_health(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.api_url}/health", timeout=10)
+        key = self.env.get("API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        response = httpx.get(f"{self.api_url}/health", timeout=10, headers=headers)
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body
