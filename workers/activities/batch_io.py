@@ -97,7 +97,10 @@ def keep_alive(heartbeat: _Heartbeat) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT_SECONDS):
-            context.run(activity.heartbeat, *heartbeat.details)
+            try:
+                context.run(activity.heartbeat, *heartbeat.details)
+            except Exception:  # the worker is shutting down: the activity ends anyway
+                return
 
     thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
     thread.start()
