@@ -424,7 +424,7 @@ def test_dashboard_with_another_key_than_the_api_says_so(
     assert web.popen is not None
     response = httpx.get(
         f"http://127.0.0.1:{env['WEB_PORT']}/api/batches",
-        headers={"Authorization": "Bearer not-the-api-key"},
+        headers={"Authorization": "Bearer not-the-api-key-at-all"},
         timeout=10,
     )
     assert response.status_code == 502
