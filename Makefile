@@ -11,7 +11,7 @@ export INSTANCE_VENV ?= $(abspath $(VENV))
 endif
 PYTEST_ARGS ?=
 
-.PHONY: help setup up demo down status logs test test-unit lint bench bench-scale clean
+.PHONY: help setup up demo down status logs test test-unit lint bench bench-scale clean record-histories
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ test-unit: $(PYTHON) ## Only the fast unit tests
 
 lint: $(PYTHON) ## hadolint, shellcheck, workflow schema, ruff, mypy
 	@VENV=$(VENV) bash scripts/lint.sh
+
+record-histories: $(PYTHON) ## Re-record the workflow histories the replay test replays
+	@$(PYTHON) -m tests.replay.record
 
 bench: setup ## Throughput: pipeline vs direct llama-server, cold start, /process overhead
 	@$(PYTHON) bench/throughput.py

@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import require_api_key
 from app.api.routes import (
@@ -70,26 +72,62 @@ async def _ensure_bucket_in_background(settings: Settings) -> None:
             delay = min(delay * 2, 10.0)
 
 
-def install_body_limit(app: FastAPI, limit: int) -> None:
-    @app.middleware("http")
-    async def _limit(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if (
-            length is not None
-            and length.isdigit()
-            and int(length) > limit
-            and request.url.path not in STREAMED_UPLOADS
-        ):
-            return error_response(
-                413,
-                "payload_too_large",
-                f"request body is {int(length)} bytes; the limit is {limit} (MAX_REQUEST_BYTES); "
-                "upload large inputs to the bucket and pass input_key",
-                path=request.url.path,
-            )
-        return await call_next(request)
+class BodyLimit:
+    """Pure ASGI middleware: refuses a request body over `limit` bytes with a 413 naming the
+    limit, whether or not it comes with a Content-Length. A chunked body is counted as it
+    is received and refused as soon as it passes the limit, never read whole first."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def _message(self, size: str) -> str:
+        return (
+            f"request body is {size} bytes; the limit is {self.limit} (MAX_REQUEST_BYTES); "
+            "upload large inputs to the bucket and pass input_key"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path in STREAMED_UPLOADS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length", b"").decode("latin-1")
+        if length.isdigit() and int(length) > self.limit:
+            response = error_response(413, "payload_too_large", self._message(length), path=path)
+            await response(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # FastAPI re-raises an HTTPException met while reading the body, and
+                    # the app's handler turns it into the usual error shape.
+                    raise HTTPException(413, self._message(f"more than {self.limit}"))
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except HTTPException as exc:
+            if started or exc.status_code != 413:
+                raise
+            response = error_response(413, "payload_too_large", str(exc.detail), path=path)
+            await response(scope, receive, send)
 
 
 def install_request_metrics(app: FastAPI) -> None:
@@ -122,7 +160,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.temporal = temporal
         app.state.supervisor = supervisor
         app.state.s3_probe = make_minio(settings, probe=True)
-        app.state.batches = BatchService(settings, temporal, make_minio(settings))
+        app.state.batches = BatchService(
+            settings, temporal, make_minio(settings), make_minio(settings, fail_fast=True)
+        )
         app.state.process = ProcessService(settings, temporal)
         app.state.files = FileService(settings, make_minio(settings))
         app.state.openai = OpenAIService(
@@ -148,7 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    install_body_limit(app, settings.MAX_REQUEST_BYTES)
+    app.add_middleware(BodyLimit, limit=settings.MAX_REQUEST_BYTES)
     install_request_metrics(app)
     protected = [Depends(require_api_key)]
     app.include_router(health.router)

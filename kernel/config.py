@@ -32,6 +32,8 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 DeployMode = Literal["hybrid", "standalone", "local"]
 
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(?P<port>\d{1,5})$")
+MIN_API_KEY_LENGTH = 16
+DEFAULT_S3_CREDENTIAL = "minioadmin"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -149,6 +151,16 @@ class Settings(BaseSettings):
         split_host_port(value)
         return value
 
+    @field_validator("API_KEY")
+    @classmethod
+    def _api_key_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_API_KEY_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_API_KEY_LENGTH} characters "
+                "(make one with: openssl rand -hex 24)"
+            )
+        return value
+
     @field_validator("LLAMA_URL")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -245,6 +257,30 @@ class Settings(BaseSettings):
             raise SettingsError(
                 f"API_HOST: refusing to listen on {self.API_HOST} without API_KEY; "
                 "set API_KEY or bind to 127.0.0.1"
+            )
+
+    def check_service_bindings(self) -> None:
+        """The Temporal and S3 servers this mode runs refuse a non-loopback address unless
+        protected: S3 needs non-default credentials; Temporal's dev server has no
+        authentication, so it is only exposed behind TLS (TEMPORAL_TLS=true, e.g. a
+        TLS-terminating proxy in front); otherwise reach it over ./deploy_vast.sh tunnel."""
+        temporal_host, _ = split_host_port(self.TEMPORAL_ADDRESS)
+        if self.runs_temporal and not is_loopback(temporal_host) and not self.TEMPORAL_TLS:
+            raise SettingsError(
+                f"TEMPORAL_ADDRESS: refusing to run Temporal on {temporal_host} without TLS "
+                "(it has no authentication); bind 127.0.0.1 and use ./deploy_vast.sh tunnel, "
+                "or set TEMPORAL_TLS=true behind a TLS proxy"
+            )
+        s3_host, _ = split_host_port(self.MINIO_ENDPOINT)
+        default_credentials = DEFAULT_S3_CREDENTIAL in (
+            self.MINIO_ACCESS_KEY,
+            self.MINIO_SECRET_KEY.get_secret_value(),
+        )
+        if self.runs_s3 and not is_loopback(s3_host) and default_credentials:
+            raise SettingsError(
+                f"MINIO_ENDPOINT: refusing to run S3 on {s3_host} with the default "
+                f"credentials ({DEFAULT_S3_CREDENTIAL}); set MINIO_ACCESS_KEY and "
+                "MINIO_SECRET_KEY or bind 127.0.0.1"
             )
 
     def launcher_environment(self) -> dict[str, str]:
@@ -365,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check-api",
         action="store_true",
-        help="with --shell: also refuse a non-loopback API_HOST without API_KEY",
+        help="also check the API, Temporal and S3 bindings",
     )
     parser.add_argument(
         "--lenient",
@@ -388,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(args.env_file)
         if args.check_api or not args.shell:
             settings.check_api_binding()
+            settings.check_service_bindings()
     except SettingsError as exc:
         print(f"error: invalid setting {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,9 @@ PROCESS_WORKFLOW = "ProcessWorkflow"
 DEFAULT_SHARD_SIZE = 500
 DEFAULT_WINDOW = 4
 MAX_LINE_BYTES = 1_000_000
+# A shard also ends at this many bytes, whatever its shard_size, so that a GPU worker that
+# holds one shard in memory never holds more than this.
+MAX_SHARD_BYTES = 32 << 20
 
 
 def batch_prefix(batch_id: str) -> str:

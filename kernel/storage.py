@@ -18,11 +18,16 @@ class StorageUnavailable(Exception):
     pass
 
 
-def make_minio(settings: Settings, *, probe: bool = False) -> Minio:
-    """A client; `probe=True` gives one that fails fast (health checks) instead of retrying."""
+def make_minio(settings: Settings, *, probe: bool = False, fail_fast: bool = False) -> Minio:
+    """A client; `probe=True` gives one that fails fast (health checks) instead of retrying;
+    `fail_fast=True` one for a request path (staging a batch's input): a short connect
+    timeout and a single retry, so an S3 outage is a 503 within seconds, not a minute."""
     if probe:
         timeout = urllib3.Timeout(connect=1.0, read=2.0)
         retries = urllib3.Retry(total=0)
+    elif fail_fast:
+        timeout = urllib3.Timeout(connect=2.0, read=30.0)
+        retries = urllib3.Retry(total=1, read=0, backoff_factor=0.2)
     else:
         timeout = urllib3.Timeout(connect=5.0, read=120.0)
         retries = urllib3.Retry(total=5, backoff_factor=0.5, status_forcelist=(500, 502, 503, 504))

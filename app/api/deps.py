@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from minio import Minio
 
@@ -68,7 +68,33 @@ ProcessDep = Annotated[ProcessService, Depends(get_process)]
 FilesDep = Annotated[FileService, Depends(get_files)]
 OpenAIDep = Annotated[OpenAIService, Depends(get_openai)]
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Any unique string (a UUID): a retry with the same key gets the batch "
+        "or request the first one started, never a second one.",
+    ),
+]
+
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer $API_KEY`")
+
+
+def has_api_key(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> bool:
+    """True when no key is configured or the request carries the right one."""
+    if settings.API_KEY is None:
+        return True
+    if credentials is None:
+        return False
+    expected = settings.API_KEY.get_secret_value().encode()
+    return secrets.compare_digest(credentials.credentials.encode(), expected)
+
+
+AuthorizedDep = Annotated[bool, Depends(has_api_key)]
 
 
 def require_api_key(

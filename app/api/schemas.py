@@ -143,8 +143,10 @@ class Check(BaseModel):
 
 class HealthReport(BaseModel):
     status: Literal["ok", "degraded"]
-    mode: str
-    checks: dict[str, Check]
+    mode: str | None = Field(default=None, description="Only with the API key (when one is set).")
+    checks: dict[str, Check] | None = Field(
+        default=None, description="Only with the API key (when one is set)."
+    )
 
 
 class Poller(BaseModel):

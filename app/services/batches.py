@@ -4,15 +4,19 @@ stream results from the bucket."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import io
 import json
 import logging
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from typing import Any
+from datetime import timedelta
+from typing import Any, BinaryIO, cast
 
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 from temporalio.client import (
@@ -22,6 +26,8 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowHandle,
 )
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.core.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
@@ -30,6 +36,7 @@ from app.services.temporal import TemporalService, TemporalUnavailable
 from kernel.config import Settings
 from kernel.contract import (
     BATCH_WORKFLOW,
+    MAX_LINE_BYTES,
     BatchErrors,
     BatchInput,
     BatchState,
@@ -39,11 +46,15 @@ from kernel.contract import (
     input_key,
     output_key,
 )
+from kernel.lines import LineError, check_json_value
 from kernel.results import ShardResults
 
 logger = logging.getLogger(__name__)
 
 STREAM_CHUNK_BYTES = 256 * 1024
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+# Starting a workflow while Temporal is away fails after this long (503), not a minute.
+START_TIMEOUT = timedelta(seconds=10)
 _STATUS_BY_EXECUTION: dict[WorkflowExecutionStatus | None, BatchState] = {
     WorkflowExecutionStatus.COMPLETED: "completed",
     WorkflowExecutionStatus.FAILED: "failed",
@@ -97,32 +108,95 @@ def as_cancelling(batch: BatchStatus) -> BatchStatus:
     return batch.model_copy(update={"status": "cancelling", "cancelling_at": cancelling_at})
 
 
+def idempotent_id(prefix: str, idempotency_key: str) -> str:
+    """The workflow id a client's Idempotency-Key stands for: a retry gets the same one."""
+    if not idempotency_key.strip() or len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        )
+    digest = hashlib.sha256(idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{prefix}_{digest[:32]}"
+
+
+def check_defaults(defaults: dict[str, Any]) -> None:
+    """`defaults` are merged into every line, so they must fit the per-line limit."""
+    try:
+        size = check_json_value(defaults, "defaults")
+    except LineError as exc:
+        raise InvalidRequest(str(exc)) from None
+    if size > MAX_LINE_BYTES:
+        raise InvalidRequest(
+            f"defaults is {size} bytes; it is merged into every line, whose limit is "
+            f"{MAX_LINE_BYTES} bytes (MAX_LINE_BYTES)"
+        )
+
+
+def _staged_line(item: Any) -> bytes:
+    """One staged input line. An item JSON cannot carry (too deep for the encoder) is
+    staged as a line that the split reports with the reason, like any bad line."""
+    try:
+        return json.dumps(item).encode() + b"\n"
+    except (ValueError, RecursionError) as exc:
+        reason = {"invalid_item": f"item cannot be written as JSON: {type(exc).__name__}"}
+        return json.dumps(reason).encode() + b"\n"
+
+
 class BatchService:
-    def __init__(self, settings: Settings, temporal: TemporalService, s3: Minio) -> None:
+    def __init__(
+        self, settings: Settings, temporal: TemporalService, s3: Minio, staging: Minio | None = None
+    ) -> None:
         self.settings = settings
         self.temporal = temporal
         self.s3 = s3
+        # Submission fails fast when S3 is away (503 within seconds); reads keep retrying.
+        self.staging = staging or s3
         self.bucket = settings.MINIO_BUCKET
 
     # Submission ------------------------------------------------------------------------
 
     def _stage_items(self, batch_id: str, items: list[Any]) -> str:
-        payload = b"".join(json.dumps(item).encode() + b"\n" for item in items)
         key = input_key(batch_id)
-        self.s3.put_object(
-            self.bucket, key, io.BytesIO(payload), len(payload), content_type="application/x-ndjson"
-        )
+        with tempfile.SpooledTemporaryFile(16 << 20) as staged:
+            for item in items:
+                staged.write(_staged_line(item))
+            size = staged.tell()
+            staged.seek(0)
+            self.staging.put_object(
+                self.bucket,
+                key,
+                cast(BinaryIO, staged),
+                size,
+                content_type="application/x-ndjson",
+                part_size=8 << 20,
+            )
         return key
+
+    def _unstage(self, key: str) -> None:
+        """Removes an input staged for a batch that never started (best effort)."""
+        try:
+            self.staging.remove_object(self.bucket, key)
+        except (S3Error, OSError, urllib3.exceptions.HTTPError) as exc:
+            logger.warning("could not remove the staged input %s: %s", key, exc)
 
     def _check_input_key(self, key: str) -> None:
         try:
-            self.s3.stat_object(self.bucket, key)
+            self.staging.stat_object(self.bucket, key)
+        except ValueError as exc:  # the client refuses the name itself
+            raise InvalidRequest(f"input_key {key!r} is not a valid object name: {exc}") from None
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
                 raise InvalidRequest(
                     f"input_key {key!r} does not exist in bucket {self.bucket!r}"
                 ) from None
+            if exc.code in ("InvalidObjectName", "KeyTooLongError", "InvalidArgument"):
+                raise InvalidRequest(f"input_key {key!r} is not a valid object name") from None
             raise
+
+    async def _existing(self, batch_id: str) -> BatchStatus | None:
+        try:
+            return await self.get(batch_id)
+        except NotFound:
+            return None
 
     async def submit(
         self,
@@ -135,7 +209,17 @@ class BatchService:
         shard_size: int | None = None,
         max_cost_usd: float | None = None,
         completion_window: str | None = None,
+        idempotency_key: str | None = None,
     ) -> BatchStatus:
+        """Stages the input and starts the batch. With an `idempotency_key`, the batch id
+        comes from the key: a retry returns the batch the first request started."""
+        check_defaults(defaults)
+        if items is not None and len(items) > self.settings.MAX_INLINE_ITEMS:
+            raise InvalidRequest(
+                f"items has {len(items)} lines; the inline limit is "
+                f"{self.settings.MAX_INLINE_ITEMS} (MAX_INLINE_ITEMS): upload a JSONL object "
+                "and pass input_key instead"
+            )
         price = await gpu_price_per_hour(self.settings)
         if max_cost_usd is not None and not price:
             raise InvalidRequest(
@@ -147,24 +231,30 @@ class BatchService:
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="completion_window") from None
         client = await temporal_client(self.temporal)
-        batch_id = new_batch_id()
+        if idempotency_key is not None:
+            batch_id = idempotent_id("batch", idempotency_key)
+            existing = await self._existing(batch_id)
+            if existing is not None:
+                logger.info("batch %s: returned again for its Idempotency-Key", batch_id)
+                return existing
+        else:
+            batch_id = new_batch_id()
+        staged = False
         try:
             if items is not None:
-                if len(items) > self.settings.MAX_INLINE_ITEMS:
-                    raise InvalidRequest(
-                        f"items has {len(items)} lines; the inline limit is "
-                        f"{self.settings.MAX_INLINE_ITEMS}: upload a JSONL object and pass "
-                        "input_key instead"
-                    )
                 key = await asyncio.to_thread(self._stage_items, batch_id, items)
+                staged = True
             else:
                 assert input_object is not None
                 key = input_object
                 await asyncio.to_thread(self._check_input_key, key)
         except S3Error as exc:
             raise ServiceUnavailable(f"S3 error while staging the input: {exc}") from exc
-        except OSError as exc:
-            raise ServiceUnavailable(f"S3 at {self.settings.MINIO_ENDPOINT}: {exc}") from exc
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            raise ServiceUnavailable(
+                f"S3 at {self.settings.MINIO_ENDPOINT} is not answering ({type(exc).__name__}); "
+                "retry when it is back"
+            ) from exc
 
         now = int(time.time())
         expires_at = now + window_s if window_s else None
@@ -201,10 +291,21 @@ class BatchService:
                 id=batch_id,
                 task_queue=self.settings.CPU_TASK_QUEUE,
                 memo=batch.memo(),
+                # A concurrent retry with the same key joins the batch already running.
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                rpc_timeout=START_TIMEOUT,
             )
+        except WorkflowAlreadyStartedError:
+            # Same key, batch already closed: the client gets that batch back.
+            return await self.get(batch_id)
         except RPCError as exc:
+            if staged:  # no orphaned input: a retry stages it again
+                await asyncio.to_thread(self._unstage, key)
             raise ServiceUnavailable(f"could not start the batch workflow: {exc}") from exc
         logger.info("batch %s submitted (%s)", batch_id, key)
+        if idempotency_key is not None:
+            return await self.get(batch_id)  # the first request's batch if one raced us
         return batch
 
     # Status ----------------------------------------------------------------------------
@@ -303,17 +404,21 @@ class BatchService:
     # Results ---------------------------------------------------------------------------
 
     def _stream_object(self, key: str) -> Iterator[bytes]:
-        try:
-            response = self.s3.get_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code == "NoSuchKey":
-                return
-            raise
+        response = self.s3.get_object(self.bucket, key)
         try:
             yield from response.stream(STREAM_CHUNK_BYTES)
         finally:
             response.close()
             response.release_conn()
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.s3.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return False
+            raise
+        return True
 
     def _stream_partial(self, batch: BatchStatus, successes: bool) -> Iterator[bytes]:
         """Lines of the shards finished so far, in shard order."""
@@ -322,11 +427,20 @@ class BatchService:
             if success == successes:
                 yield line + b"\n"
 
-    async def results(self, batch_id: str, errors: bool) -> tuple[BatchStatus, Iterator[bytes]]:
-        """(batch, byte iterator) of the output (or error) lines: whole file when the
-        batch is over, the finished shards' lines while it runs."""
+    async def results(
+        self, batch_id: str, errors: bool
+    ) -> tuple[BatchStatus, Iterator[bytes], bool]:
+        """(batch, byte iterator, partial) of the output (or error) lines: the merged file
+        once it exists, else the finished shards' lines (partial), never an empty answer
+        that claims to be whole (the merge may be waiting for S3, or a failed batch never
+        reached it)."""
         batch = await self.get(batch_id)
         if batch.is_terminal:
             key = errors_key(batch_id) if errors else output_key(batch_id)
-            return batch, self._stream_object(key)
-        return batch, self._stream_partial(batch, successes=not errors)
+            try:
+                merged = await asyncio.to_thread(self._exists, key)
+            except (S3Error, OSError, urllib3.exceptions.HTTPError) as exc:
+                raise ServiceUnavailable(f"S3 is not answering: {exc}") from exc
+            if merged:
+                return batch, self._stream_object(key), False
+        return batch, self._stream_partial(batch, successes=not errors), True

@@ -8,10 +8,12 @@ import uuid
 from typing import Any
 
 from temporalio.client import WorkflowFailureError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from app.core.errors import NotFound, ServiceUnavailable
-from app.services.batches import temporal_client
+from app.services.batches import START_TIMEOUT, idempotent_id, temporal_client
 from app.services.temporal import TemporalService
 from kernel.config import Settings
 from kernel.contract import PROCESS_WORKFLOW, ProcessInput, ProcessResult
@@ -38,11 +40,15 @@ class ProcessService:
         self.temporal = temporal
 
     async def submit(
-        self, request: dict[str, Any], timeout_s: float
+        self, request: dict[str, Any], timeout_s: float, idempotency_key: str | None = None
     ) -> tuple[bool, dict[str, Any]]:
-        """(finished, body): finished within timeout_s, or still running."""
+        """(finished, body): finished within timeout_s, or still running. With an
+        `idempotency_key` a retry waits on the request the first call started."""
         client = await temporal_client(self.temporal)
-        process_id = new_process_id()
+        if idempotency_key is not None:
+            process_id = idempotent_id("proc", idempotency_key)
+        else:
+            process_id = new_process_id()
         try:
             handle = await client.start_workflow(
                 PROCESS_WORKFLOW,
@@ -54,7 +60,12 @@ class ProcessService:
                 id=process_id,
                 task_queue=self.settings.CPU_TASK_QUEUE,
                 result_type=ProcessResult,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                rpc_timeout=START_TIMEOUT,
             )
+        except WorkflowAlreadyStartedError:  # same key, request already finished
+            handle = client.get_workflow_handle(process_id, result_type=ProcessResult)
         except RPCError as exc:
             raise ServiceUnavailable(f"could not start the request: {exc}") from exc
         try:

@@ -37,10 +37,17 @@ def health_url(settings: Settings) -> str:
     return f"http://{host}:{settings.API_PORT}/health"
 
 
-def fetch(url: str) -> dict[str, Any] | None:
-    """The /health report, or None when the API does not answer with JSON."""
+def api_key(settings: Settings) -> str | None:
+    return settings.API_KEY.get_secret_value() if settings.API_KEY else None
+
+
+def fetch(url: str, api_key: str | None = None) -> dict[str, Any] | None:
+    """The /health report, or None when the API does not answer with JSON. Its checks
+    come only with the key, when one is set."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as response:
             report = json.load(response)
     except urllib.error.HTTPError as error:
         try:
@@ -107,7 +114,7 @@ def print_tail(log_dir: Path, program: str, lines: int = LOG_TAIL_LINES) -> None
 
 def report_once(settings: Settings) -> int:
     url = health_url(settings)
-    report = fetch(url)
+    report = fetch(url, api_key(settings))
     result = assess(report, settings, url)
     print(f"health: {'not answering' if report is None else report.get('status')} ({url})")
     for name, check in sorted(((report or {}).get("checks") or {}).items()):
@@ -149,7 +156,7 @@ def gate(settings: Settings, timeout: float) -> int:
     shown = None
     pids: dict[str, list[int]] = {}  # program -> distinct pids seen: a crash loop shows new ones
     while True:
-        result = assess(fetch(url), settings, url)
+        result = assess(fetch(url, api_key(settings)), settings, url)
         if not result.problems:
             for warning in result.warnings:
                 print(f"warning: {warning}")

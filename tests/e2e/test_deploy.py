@@ -54,7 +54,11 @@ def deployed(deployer: Deployer) -> Iterator[Deployment]:
 
 
 def health(deployer: Deployer, base_url: str | None = None) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{base_url or deployer.api_url}/health", timeout=10) as response:
+    # /health gives mode and checks only to a caller with the key.
+    request = urllib.request.Request(
+        f"{base_url or deployer.api_url}/health", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
         report: dict[str, Any] = json.load(response)
     return report
 

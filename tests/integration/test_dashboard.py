@@ -136,7 +136,9 @@ class Deployment:
         return f"http://127.0.0.1:{self.env['WEB_PORT']}"
 
     def api_health(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.api_url}/health", timeout=10)
+        key = self.env.get("API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        response = httpx.get(f"{self.api_url}/health", timeout=10, headers=headers)
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body
@@ -418,12 +420,12 @@ def test_key_protects_every_route_and_reaches_the_api(keyed: Deployment) -> None
 def test_dashboard_with_another_key_than_the_api_says_so(
     keyed: Deployment, launcher: Launcher
 ) -> None:
-    env = {**keyed.env, "WEB_PORT": str(free_port()), "API_KEY": "not-the-api-key"}
+    env = {**keyed.env, "WEB_PORT": str(free_port()), "API_KEY": "not-the-api-key-at-all"}
     web = launcher.web(env)
     assert web.popen is not None
     response = httpx.get(
         f"http://127.0.0.1:{env['WEB_PORT']}/api/batches",
-        headers={"Authorization": "Bearer not-the-api-key"},
+        headers={"Authorization": "Bearer not-the-api-key-at-all"},
         timeout=10,
     )
     assert response.status_code == 502

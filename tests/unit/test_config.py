@@ -65,15 +65,17 @@ def test_bad_values_name_the_variable(
 
 
 def test_secrets_are_never_echoed(env_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = load(env_file, monkeypatch, API_KEY="s3cr3t-value", MINIO_SECRET_KEY="m1n10-key")
-    assert "s3cr3t-value" not in repr(settings) and "m1n10-key" not in repr(settings)
-    assert settings.launcher_environment()["API_KEY"] == "s3cr3t-value"
+    settings = load(
+        env_file, monkeypatch, API_KEY="s3cr3t-value-0123456", MINIO_SECRET_KEY="m1n10-key"
+    )
+    assert "s3cr3t-value-0123456" not in repr(settings) and "m1n10-key" not in repr(settings)
+    assert settings.launcher_environment()["API_KEY"] == "s3cr3t-value-0123456"
 
 
 def test_public_api_needs_a_key(env_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SettingsError, match="API_HOST: refusing to listen on 0.0.0.0"):
         load(env_file, monkeypatch, API_HOST="0.0.0.0").check_api_binding()
-    load(env_file, monkeypatch, API_HOST="0.0.0.0", API_KEY="k").check_api_binding()
+    load(env_file, monkeypatch, API_HOST="0.0.0.0", API_KEY="k" * 16).check_api_binding()
     load(env_file, monkeypatch, API_HOST="127.0.0.1").check_api_binding()
 
 
@@ -116,12 +118,12 @@ def test_readme_documents_every_setting() -> None:
 def test_check_prints_a_summary(
     env_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    load(env_file, monkeypatch, DEPLOY_MODE="local", API_PORT="8123", API_KEY="k")
+    load(env_file, monkeypatch, DEPLOY_MODE="local", API_PORT="8123", API_KEY="k" * 16)
     assert main(["--env-file", str(env_file)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"settings ok: {env_file}\n")
     assert "mode       local" in out and "http://127.0.0.1:8123  API_KEY set" in out
-    assert "API_KEY=k" not in out and " k\n" not in out
+    assert "k" * 16 not in out
 
 
 def test_check_refuses_a_public_api_without_a_key(
@@ -132,7 +134,7 @@ def test_check_refuses_a_public_api_without_a_key(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("error: invalid setting API_HOST: refusing to listen on 0.0.0.0")
-    load(env_file, monkeypatch, API_HOST="0.0.0.0", API_KEY="k")
+    load(env_file, monkeypatch, API_HOST="0.0.0.0", API_KEY="k" * 16)
     assert main(["--env-file", str(env_file)]) == 0
 
 
@@ -179,3 +181,50 @@ def test_app_core_config_still_checks_a_file(env_file: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("settings ok:")
+
+
+def test_a_short_api_key_stops_start_up(env_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError, match="API_KEY: must be at least 16 characters") as error:
+        load(env_file, monkeypatch, API_KEY="short-key")
+    assert "short-key" not in str(error.value)
+    assert load(env_file, monkeypatch, API_KEY="x" * 16).API_KEY is not None
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"TEMPORAL_ADDRESS": "0.0.0.0:7233"},
+            "TEMPORAL_ADDRESS: refusing to run Temporal on 0.0.0.0 without TLS",
+        ),
+        (
+            {"MINIO_ENDPOINT": "10.0.0.5:9000"},
+            "MINIO_ENDPOINT: refusing to run S3 on 10.0.0.5 with the default credentials",
+        ),
+        (
+            {"MINIO_ENDPOINT": "0.0.0.0:9000", "MINIO_ACCESS_KEY": "user-1"},
+            "MINIO_ENDPOINT: refusing to run S3 on 0.0.0.0 with the default credentials",
+        ),
+    ],
+)
+def test_local_temporal_and_s3_refuse_public_addresses_unprotected(
+    env_file: Path, monkeypatch: pytest.MonkeyPatch, values: dict[str, str], expected: str
+) -> None:
+    settings = load(env_file, monkeypatch, DEPLOY_MODE="standalone", **values)
+    with pytest.raises(SettingsError, match=expected) as error:
+        settings.check_service_bindings()
+    assert "\n" not in str(error.value)
+    # A protected server, or one this mode does not run, is fine.
+    protected = {
+        **values,
+        "TEMPORAL_TLS": "true",
+        "MINIO_ACCESS_KEY": "batch-user",
+        "MINIO_SECRET_KEY": "a-long-secret-value",
+    }
+    load(env_file, monkeypatch, DEPLOY_MODE="standalone", **protected).check_service_bindings()
+    load(env_file, monkeypatch, DEPLOY_MODE="hybrid", **values).check_service_bindings()
+    assert main(["--env-file", str(env_file), "--check-api"]) == 0
+    env_file.write_text(
+        "DEPLOY_MODE=standalone\n" + "".join(f"{k}={v}\n" for k, v in values.items())
+    )
+    assert main(["--env-file", str(env_file), "--check-api"]) == 2

@@ -1,17 +1,24 @@
 """CPU activities: validate and split a batch's input into shards, merge shard results.
 
-Both stream: neither the input nor the output is ever held whole in memory. Both are
-idempotent (same objects rewritten on a retry), so a killed worker only delays a batch.
-They are synchronous and run in the worker's thread pool, heartbeating as they go.
+Both stream: neither the input, a shard nor the output is ever held whole in memory
+(shards and outputs are spooled to a temporary file past SPOOL_BYTES and uploaded in
+parts). Both are idempotent (same objects rewritten on a retry), so a killed worker only
+delays a batch. They are synchronous and run in the worker's thread pool; a keep-alive
+thread heartbeats through every S3 read and write, even one the client is retrying while
+S3 is away, so only a dead worker misses its heartbeat.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import io
 import json
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, Any, BinaryIO, cast
 
 from minio import Minio
@@ -21,6 +28,7 @@ from temporalio.exceptions import ApplicationError
 
 from kernel.contract import (
     MAX_LINE_BYTES,
+    MAX_SHARD_BYTES,
     MergeInput,
     MergeResult,
     SplitInput,
@@ -36,6 +44,7 @@ from kernel.lines import LineError, parse_line
 from kernel.results import READ_CHUNK_BYTES, ShardResults
 
 SPOOL_BYTES = 16 << 20
+PART_BYTES = 8 << 20  # objects larger than this go up as a multipart upload
 HEARTBEAT_SECONDS = 2.0
 
 
@@ -47,7 +56,7 @@ def _put(client: Minio, bucket: str, key: str, data: IO[bytes], size: int) -> No
         cast(BinaryIO, data),
         length=size,
         content_type="application/x-ndjson",
-        part_size=16 << 20,
+        part_size=PART_BYTES,
     )
 
 
@@ -69,14 +78,37 @@ def _open(client: Minio, bucket: str, key: str) -> Any:
 
 
 class _Heartbeat:
+    """Records the latest progress; `keep_alive` sends it every HEARTBEAT_SECONDS."""
+
     def __init__(self) -> None:
-        self._last = 0.0
+        self.details: tuple[Any, ...] = ()
 
     def __call__(self, *details: Any) -> None:
-        now = time.monotonic()
-        if now - self._last >= HEARTBEAT_SECONDS:
-            activity.heartbeat(*details)
-            self._last = now
+        self.details = details
+
+
+@contextmanager
+def keep_alive(heartbeat: _Heartbeat) -> Iterator[None]:
+    """Heartbeats from a side thread for as long as the block runs, so that a blocking S3
+    call (a large part, or the client retrying while S3 is away) never looks like a dead
+    worker. A killed worker stops heartbeating and its activity is retried elsewhere."""
+    stop = threading.Event()
+    context = contextvars.copy_context()  # the activity's context, for activity.heartbeat
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            try:
+                context.run(activity.heartbeat, *heartbeat.details)
+            except Exception:  # the worker is shutting down: the activity ends anyway
+                return
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def invalid_line(line_no: int, custom_id: str | None, message: str) -> dict[str, Any]:
@@ -96,24 +128,30 @@ class BatchIOActivities:
     @activity.defn
     def split_input(self, params: SplitInput) -> SplitResult:
         heartbeat = _Heartbeat()
+        with keep_alive(heartbeat):
+            return self._split(params, heartbeat)
+
+    def _split(self, params: SplitInput, heartbeat: _Heartbeat) -> SplitResult:
         response = _open(self.s3, params.bucket, params.input_key)
         first_seen: dict[bytes, int] = {}
-        shard_lines: list[bytes] = []
         shard_count = total = invalid = 0
+        shard_lines = shard_bytes = 0
         first_error = ""
 
-        def flush_shard() -> None:
-            nonlocal shard_count
-            _put_bytes(
-                self.s3,
-                params.bucket,
-                shard_key(params.batch_id, shard_count),
-                b"".join(shard_lines),
-            )
-            shard_lines.clear()
-            shard_count += 1
+        with (
+            tempfile.SpooledTemporaryFile(SPOOL_BYTES) as invalid_file,
+            tempfile.SpooledTemporaryFile(SPOOL_BYTES) as shard_file,
+        ):
 
-        with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as invalid_file:
+            def flush_shard() -> None:
+                nonlocal shard_count, shard_lines, shard_bytes
+                key = shard_key(params.batch_id, shard_count)
+                _put(self.s3, params.bucket, key, shard_file, shard_bytes)
+                shard_file.seek(0)
+                shard_file.truncate()
+                shard_count += 1
+                shard_lines = shard_bytes = 0
+
             try:
                 for line_no, raw in enumerate(
                     iter_lines(response.stream(READ_CHUNK_BYTES), MAX_LINE_BYTES), start=1
@@ -121,33 +159,23 @@ class BatchIOActivities:
                     if isinstance(raw, bytes) and not raw.strip():
                         continue
                     total += 1
-                    custom_id: str | None = None
+                    heartbeat(line_no)
                     try:
-                        if isinstance(raw, TooLong):
-                            raise LineError(
-                                f"line is {raw.size} bytes; the limit is {MAX_LINE_BYTES}"
-                            )
-                        request = parse_line(raw, params.endpoint, params.defaults)
-                        custom_id = request["custom_id"]
-                        digest = hashlib.blake2b(custom_id.encode(), digest_size=12).digest()
-                        if digest in first_seen:
-                            raise LineError(
-                                f"duplicate custom_id {custom_id!r} "
-                                f"(first used on line {first_seen[digest]})",
-                                custom_id,
-                            )
-                        first_seen[digest] = line_no
+                        encoded, custom_id = self._check_line(raw, params, line_no, first_seen)
                     except LineError as exc:
                         invalid += 1
                         message = str(exc)
                         first_error = first_error or f"line {line_no}: {message}"
-                        record = invalid_line(line_no, exc.custom_id or custom_id, message)
+                        record = invalid_line(line_no, exc.custom_id, message)
                         invalid_file.write(json.dumps(record).encode() + b"\n")
                         continue
-                    shard_lines.append(json.dumps({"line": line_no, **request}).encode() + b"\n")
-                    if len(shard_lines) >= params.shard_size:
+                    if shard_lines and shard_bytes + len(encoded) > MAX_SHARD_BYTES:
                         flush_shard()
-                    heartbeat(line_no)
+                    shard_file.write(encoded)
+                    shard_lines += 1
+                    shard_bytes += len(encoded)
+                    if shard_lines >= params.shard_size:
+                        flush_shard()
             finally:
                 response.close()
                 response.release_conn()
@@ -175,10 +203,38 @@ class BatchIOActivities:
             first_error=first_error,
         )
 
+    @staticmethod
+    def _check_line(
+        raw: bytes | TooLong, params: SplitInput, line_no: int, first_seen: dict[bytes, int]
+    ) -> tuple[bytes, str]:
+        """(shard line, custom_id) of a valid line; LineError with the reason otherwise."""
+        if isinstance(raw, TooLong):
+            raise LineError(f"line is {raw.size} bytes; the limit is {MAX_LINE_BYTES}")
+        try:
+            request = parse_line(raw, params.endpoint, params.defaults)
+        except LineError:
+            raise
+        except Exception as exc:  # a parser bug must not wedge the batch: report the line
+            activity.logger.exception("batch %s line %d", params.batch_id, line_no)
+            raise LineError(f"could not be read ({type(exc).__name__})") from None
+        custom_id: str = request["custom_id"]
+        digest = hashlib.blake2b(custom_id.encode(), digest_size=12).digest()
+        if digest in first_seen:
+            raise LineError(
+                f"duplicate custom_id {custom_id!r} (first used on line {first_seen[digest]})",
+                custom_id,
+            )
+        first_seen[digest] = line_no
+        return json.dumps({"line": line_no, **request}).encode() + b"\n", custom_id
+
     @activity.defn
     def merge_results(self, params: MergeInput) -> MergeResult:
         """Writes output.jsonl and errors.jsonl from the shard results, in shard order."""
         heartbeat = _Heartbeat()
+        with keep_alive(heartbeat):
+            return self._merge(params, heartbeat)
+
+    def _merge(self, params: MergeInput, heartbeat: _Heartbeat) -> MergeResult:
         completed = failed = 0
         results = ShardResults(self.s3, params.bucket, params.batch_id)
         with (

@@ -37,11 +37,14 @@ with workflow.unsafe.imports_passed_through():
     from workers.activities.batch_io import BatchIOActivities
     from workers.activities.inference import InferenceActivities
 
+# Split and merge are retried until they succeed: an S3 outage, even a long one at the end
+# of a batch, only delays them (an attempt cap would turn an outage into a failed batch with
+# every answer already computed). A missing input object is permanent; nothing else they
+# raise is (bad lines are error lines, not failures).
 IO_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=30),
-    maximum_attempts=20,
     non_retryable_error_types=["InputNotFound"],
 )
 # A shard is retried until it succeeds: its failures are all transient (a killed worker,

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import BatchesDep, SettingsDep, SupervisorDep
+from app.api.deps import BatchesDep, IdempotencyKey, SettingsDep, SupervisorDep
 from app.api.schemas import BatchCreate, BatchCreated, BatchList
 from kernel.contract import BatchStatus
 
@@ -56,7 +56,11 @@ def _example(example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
     },
 )
 async def create_batch(
-    body: BatchCreate, batches: BatchesDep, supervisor: SupervisorDep, settings: SettingsDep
+    body: BatchCreate,
+    batches: BatchesDep,
+    supervisor: SupervisorDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> BatchCreated:
     batch = await batches.submit(
         items=body.items,
@@ -67,6 +71,7 @@ async def create_batch(
         shard_size=body.shard_size,
         max_cost_usd=body.max_cost_usd,
         completion_window=body.completion_window,
+        idempotency_key=idempotency_key,
     )
     workers: dict[str, str] = {}
     if settings.AUTO_START_WORKERS:
@@ -115,17 +120,20 @@ _JSONL_RESPONSE: dict[int | str, dict[str, Any]] = {
                 '"error": null}\n'
             }
         },
-        "headers": {"X-Batch-Status": {"description": "the batch's status when streamed"}},
+        "headers": {
+            "X-Batch-Status": {"description": "the batch's status when streamed"},
+            "X-Partial": {
+                "description": "true when these are the finished shards' lines rather than "
+                "the merged file (running, or the merge has not written it yet)"
+            },
+        },
     }
 }
 
 
 async def _stream(batch_id: str, batches: BatchesDep, errors: bool) -> StreamingResponse:
-    batch, chunks = await batches.results(batch_id, errors=errors)
-    headers = {
-        "X-Batch-Status": batch.status,
-        "X-Partial": "false" if batch.is_terminal else "true",
-    }
+    batch, chunks, partial = await batches.results(batch_id, errors=errors)
+    headers = {"X-Batch-Status": batch.status, "X-Partial": "true" if partial else "false"}
     return StreamingResponse(chunks, media_type="application/x-ndjson", headers=headers)
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import S3ProbeDep, SettingsDep, SupervisorDep, TemporalDep
+from app.api.deps import AuthorizedDep, S3ProbeDep, SettingsDep, SupervisorDep, TemporalDep
 from app.api.schemas import HealthReport
 from app.services.health import health_report
 
@@ -12,11 +12,14 @@ router = APIRouter(tags=["health"])
 @router.get(
     "/health",
     response_model=HealthReport,
+    response_model_exclude_none=True,
     summary="Liveness and the state of every dependency",
     description=(
         "Always 200 while the API is up. `status` is `ok` when every dependency is, "
         "`degraded` otherwise; each check has `status` (`ok`/`error`) and a `message`. "
-        "Never needs the API key; answers within ~3 s even when a dependency hangs."
+        "Never needs the API key, but when `API_KEY` is set only a request that sends it "
+        "gets `mode` and `checks` (addresses, bucket, programs); others get `status` alone. "
+        "Answers within ~3 s even when a dependency hangs."
     ),
     responses={
         200: {
@@ -45,6 +48,13 @@ router = APIRouter(tags=["health"])
     },
 )
 async def health(
-    settings: SettingsDep, temporal: TemporalDep, supervisor: SupervisorDep, probe: S3ProbeDep
+    settings: SettingsDep,
+    temporal: TemporalDep,
+    supervisor: SupervisorDep,
+    probe: S3ProbeDep,
+    authorized: AuthorizedDep,
 ) -> HealthReport:
-    return HealthReport.model_validate(await health_report(settings, temporal, supervisor, probe))
+    report = HealthReport.model_validate(await health_report(settings, temporal, supervisor, probe))
+    if authorized:
+        return report
+    return HealthReport(status=report.status)

@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import ProcessDep, SettingsDep, SupervisorDep
+from app.api.deps import IdempotencyKey, ProcessDep, SettingsDep, SupervisorDep
 from app.api.schemas import ProcessCreate, ProcessOutcome
 from app.core.errors import InvalidRequest
 from kernel.lines import LineError, normalize_request
@@ -49,6 +49,7 @@ async def create_process(
     supervisor: SupervisorDep,
     settings: SettingsDep,
     response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> ProcessOutcome:
     line = body.model_dump(exclude={"timeout_s"}, exclude_none=True)
     line.setdefault("custom_id", "process")
@@ -60,7 +61,7 @@ async def create_process(
     if settings.AUTO_START_WORKERS:
         workers = {r.program: r.outcome for r in await supervisor.start_workers()}
     finished, result = await process.submit(
-        request, body.timeout_s or settings.PROCESS_TIMEOUT_SECONDS
+        request, body.timeout_s or settings.PROCESS_TIMEOUT_SECONDS, idempotency_key
     )
     response.status_code = 200 if finished else 202
     return ProcessOutcome(**result, workers=workers)

@@ -1,0 +1,209 @@
+"""Records workflow histories for the replay test (tests/unit/test_replay.py).
+
+    make record-histories            # or: python -m tests.replay.record
+
+Runs every workflow of the project through its paths (a batch that completes, one that
+continues as new, one without a valid line, one cancelled, a single /process request) on a
+private Temporal dev server, with the real workflow code and the activities replaced under
+their real names, then writes each history as JSON to tests/replay/histories/. Re-record
+after a deliberate workflow change that is guarded by `workflow.patched` (keep the old
+files too: they are what running batches look like) or before a release.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from kernel.contract import (
+    BatchInput,
+    MergeInput,
+    MergeResult,
+    ProcessInput,
+    ProcessResult,
+    ShardInput,
+    ShardResult,
+    SplitInput,
+    SplitResult,
+)
+from workers.workflows.batch import BatchWorkflow
+from workers.workflows.process import ProcessWorkflow
+
+HISTORIES = Path(__file__).resolve().parent / "histories"
+VENV_BIN = Path(sys.executable).parent
+SHARD_ITEMS = 10
+
+
+class Activities:
+    """The batch and process activities, replaced under their real names."""
+
+    def __init__(self, shards: int, invalid: int = 0, shard_delay: float = 0.0) -> None:
+        self.shards = shards
+        self.invalid = invalid
+        self.shard_delay = shard_delay
+        self.done = 0
+
+    @activity.defn(name="split_input")
+    async def split_input(self, params: SplitInput) -> SplitResult:
+        total = self.shards * SHARD_ITEMS + self.invalid
+        return SplitResult(
+            total=total,
+            valid=total - self.invalid,
+            invalid=self.invalid,
+            shard_count=self.shards,
+            first_error="line 1: missing 'custom_id'" if self.invalid else "",
+        )
+
+    @activity.defn(name="run_shard")
+    async def run_shard(self, params: ShardInput) -> ShardResult:
+        await asyncio.sleep(self.shard_delay)
+        self.done += 1
+        return ShardResult(
+            shard=params.shard,
+            completed=SHARD_ITEMS - 1,
+            failed=1,
+            input_tokens=7,
+            output_tokens=5,
+            gpu_seconds=0.01,
+            box="replay",
+        )
+
+    @activity.defn(name="merge_results")
+    async def merge_results(self, params: MergeInput) -> MergeResult:
+        return MergeResult(
+            completed=self.done * (SHARD_ITEMS - 1),
+            failed=self.done + self.invalid,
+            output_key=f"batches/{params.batch_id}/output.jsonl",
+            error_key=f"batches/{params.batch_id}/errors.jsonl",
+        )
+
+    @activity.defn(name="process_request")
+    async def process_request(self, params: ProcessInput) -> ProcessResult:
+        return ProcessResult(output={"custom_id": params.request["custom_id"], "error": None})
+
+    def all(self) -> list[Callable[..., Awaitable[object]]]:
+        return [self.split_input, self.run_shard, self.merge_results, self.process_request]
+
+
+async def _batch(
+    client: Client, name: str, activities: Activities, cancel_after: int = 0, **overrides: object
+) -> str:
+    queue = f"replay-{uuid.uuid4().hex[:8]}"
+    batch_id = f"batch_replay_{name}_{uuid.uuid4().hex[:8]}"
+    params = BatchInput(
+        batch_id=batch_id,
+        bucket="llm-batch",
+        input_key=f"batches/{batch_id}/input.jsonl",
+        gpu_task_queue=queue,
+        created_at=1_796_000_000,
+        metadata={"scenario": name},
+        **overrides,  # type: ignore[arg-type]
+    )
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[BatchWorkflow],
+        activities=activities.all(),
+        activity_executor=ThreadPoolExecutor(4),
+    ):
+        handle = await client.start_workflow(
+            BatchWorkflow.run,
+            params,
+            id=batch_id,
+            task_queue=queue,
+            memo={"created_at": params.created_at, "metadata": params.metadata},
+        )
+        if cancel_after:
+            while activities.done < cancel_after:
+                await asyncio.sleep(0.05)
+            await handle.cancel()
+        try:
+            await handle.result()
+        except WorkflowFailureError:
+            pass  # the failed and cancelled scenarios end so on purpose
+    return batch_id
+
+
+async def _process(client: Client) -> str:
+    queue = f"replay-{uuid.uuid4().hex[:8]}"
+    process_id = f"proc_replay_{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        client, task_queue=queue, workflows=[ProcessWorkflow], activities=Activities(0).all()
+    ):
+        await client.execute_workflow(
+            ProcessWorkflow.run,
+            ProcessInput(
+                request_id=process_id,
+                request={"custom_id": "process", "url": "/v1/completions", "body": {}},
+                gpu_task_queue=queue,
+            ),
+            id=process_id,
+            task_queue=queue,
+        )
+    return process_id
+
+
+async def _write_runs(client: Client, workflow_id: str, name: str, out: Path) -> list[Path]:
+    """Every run of a workflow (continue-as-new makes several), oldest first."""
+    runs = [e async for e in client.list_workflows(f"WorkflowId = '{workflow_id}'")]
+    runs.sort(key=lambda e: e.start_time)
+    written = []
+    for index, execution in enumerate(runs):
+        handle = client.get_workflow_handle(workflow_id, run_id=execution.run_id)
+        history = await handle.fetch_history()
+        path = out / f"{name}-run{index}.json"
+        path.write_text(history.to_json())
+        written.append(path)
+    return written
+
+
+async def record(out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(VENV_BIN / "temporal"),
+        dev_server_extra_args=["--dynamic-config-value", "frontend.enableServerVersionCheck=false"],
+    )
+    try:
+        client = env.client
+        scenarios = {
+            "batch-completed": await _batch(client, "completed", Activities(6), window=2),
+            "batch-continued-as-new": await _batch(
+                client, "continued", Activities(12), window=3, max_history_events=40
+            ),
+            "batch-no-valid-line": await _batch(client, "invalid", Activities(0, invalid=3)),
+            "batch-cancelled": await _batch(
+                client, "cancelled", Activities(40, shard_delay=0.1), cancel_after=2, window=2
+            ),
+            "process": await _process(client),
+        }
+        written: list[Path] = []
+        for name, workflow_id in scenarios.items():
+            for stale in out.glob(f"{name}-run*.json"):
+                stale.unlink()
+            written += await _write_runs(client, workflow_id, name, out)
+        return written
+    finally:
+        await env.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HISTORIES, help="folder for the JSON files")
+    args = parser.parse_args(argv)
+    for path in asyncio.run(record(args.out)):
+        print(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
