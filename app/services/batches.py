@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import heapq
-import io
 import json
 import logging
 import tempfile
