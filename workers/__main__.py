@@ -102,6 +102,7 @@ async def run(queue: str, settings: Settings) -> int:
 
     logger.info("worker %s polling %s", identity, task_queue)
     worker_task = asyncio.create_task(worker.run())
+    registry.start()
     stop_task = asyncio.create_task(stop.wait())
     waiters: set[asyncio.Task[object]] = {worker_task, stop_task}
     idle_limit = settings.WORKER_IDLE_EXIT_SECONDS

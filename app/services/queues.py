@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from datetime import UTC, datetime
 from typing import Any
 
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
 from app.services.temporal import TaskQueueState, TemporalService
+from kernel.boxes import read_boxes
 from kernel.config import Settings
 from kernel.supervisor import (
     RUNNING_STATES,
@@ -31,12 +38,34 @@ async def queue_states(settings: Settings, temporal: TemporalService) -> dict[st
     return dict(zip(names, states, strict=True))
 
 
+async def boxes_report(settings: Settings, s3: Minio) -> tuple[list[dict[str, Any]], str | None]:
+    """The GPU boxes that reported on this GPU queue, and why they could not be read."""
+    now = time.time()
+    try:
+        records = await asyncio.to_thread(
+            read_boxes, s3, settings.MINIO_BUCKET, settings.GPU_TASK_QUEUE, now
+        )
+    except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
+        return [], f"could not read the box records from S3: {exc}"
+    boxes = []
+    for record in records:
+        box = record.model_dump(exclude={"task_queue", "last_seen"})
+        box["last_seen"] = datetime.fromtimestamp(record.last_seen, UTC).isoformat()
+        box["seconds_ago"] = round(max(now - record.last_seen, 0.0), 1)
+        boxes.append(box)
+    return boxes, None
+
+
 async def queues_report(
-    settings: Settings, temporal: TemporalService, supervisor: SupervisorControl
+    settings: Settings,
+    temporal: TemporalService,
+    supervisor: SupervisorControl,
+    s3: Minio | None = None,
 ) -> dict[str, Any]:
     states, programs = await asyncio.gather(
         queue_states(settings, temporal), _program_states(supervisor)
     )
+    boxes, boxes_error = await boxes_report(settings, s3) if s3 is not None else ([], None)
     report: dict[str, Any] = {}
     for queue, state in states.items():
         live = state.live_pollers(settings.POLLER_LIVE_SECONDS)
@@ -54,7 +83,12 @@ async def queues_report(
                 "state": programs.get(program, "UNKNOWN") if programs is not None else None,
             },
         }
-    return {"queues": report, "supervisor_reachable": programs is not None}
+    return {
+        "queues": report,
+        "supervisor_reachable": programs is not None,
+        "boxes": boxes,
+        "boxes_error": boxes_error,
+    }
 
 
 class Reconciler:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         BatchProgress,
         BatchResult,
         BatchStatus,
+        CapacityInput,
         MergeInput,
         MergeResult,
         RequestCounts,
@@ -34,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         output_key,
     )
     from workers.activities.batch_io import BatchIOActivities
+    from workers.activities.capacity import CapacityActivities
     from workers.activities.inference import InferenceActivities
 
 IO_RETRY = RetryPolicy(
@@ -54,12 +56,19 @@ IO_TIMEOUT = timedelta(hours=2)
 IO_HEARTBEAT = timedelta(seconds=60)
 SHARD_TIMEOUT = timedelta(hours=2)
 SHARD_HEARTBEAT = timedelta(seconds=15)
+# How often a batch that follows the fleet's capacity re-reads it (also while it waits for
+# a shard, so a box that joins mid-batch gets work without waiting for a shard to finish).
+CAPACITY_REFRESH = timedelta(seconds=10)
+CAPACITY_TIMEOUT = timedelta(seconds=10)
+CAPACITY_RETRY = RetryPolicy(maximum_attempts=2)
 
 
 @workflow.defn(name=BATCH_WORKFLOW)
 class BatchWorkflow:
     def __init__(self) -> None:
         self._status = BatchStatus(id="")
+        self._capacity = 0
+        self._capacity_at: datetime | None = None
 
     def _publish(self, **changes: Any) -> None:
         """Updates the status and publishes the changed fields in the memo."""
@@ -175,9 +184,10 @@ class BatchWorkflow:
         try:
             while progress.next_shard < progress.shard_count or in_flight:
                 stop_scheduling = self._history_is_long(params.max_history_events)
+                window = await self._window(params) if not stop_scheduling else 0
                 while (
                     not stop_scheduling
-                    and len(in_flight) < params.window
+                    and len(in_flight) < window
                     and progress.next_shard < progress.shard_count
                 ):
                     shard = progress.next_shard
@@ -195,7 +205,14 @@ class BatchWorkflow:
                     progress.next_shard += 1
                 if not in_flight:
                     return True
-                done, _ = await workflow.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
+                waits_for_room = (
+                    params.follow_capacity and progress.next_shard < progress.shard_count
+                )
+                done, _ = await workflow.wait(
+                    list(in_flight),
+                    timeout=CAPACITY_REFRESH.total_seconds() if waits_for_room else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 for task in done:
                     del in_flight[task]
                     progress.add(task.result())
@@ -212,6 +229,40 @@ class BatchWorkflow:
                 await workflow.wait(list(in_flight))
             raise
         return False
+
+    async def _window(self, params: BatchInput) -> int:
+        """Shards to keep in flight: the fleet's live capacity (the sum over live GPU boxes of
+        what keeps each busy), `params.window` being the floor and the fallback when no box
+        has reported."""
+        if not params.follow_capacity:
+            return params.window
+        now = workflow.now()
+        if self._capacity_at is None or now - self._capacity_at >= CAPACITY_REFRESH:
+            self._capacity_at = now
+            try:
+                capacity = await workflow.execute_local_activity_method(
+                    CapacityActivities.live_capacity,
+                    CapacityInput(
+                        bucket=params.bucket,
+                        gpu_task_queue=params.gpu_task_queue,
+                        shard_size=params.shard_size,
+                    ),
+                    start_to_close_timeout=CAPACITY_TIMEOUT,
+                    retry_policy=CAPACITY_RETRY,
+                )
+            except ActivityError as exc:  # S3 trouble: keep the last known capacity
+                workflow.logger.warning("batch %s: capacity unknown: %s", params.batch_id, exc)
+            else:
+                if capacity.shards != self._capacity:
+                    workflow.logger.info(
+                        "batch %s: %d live box(es), %d slot(s): %d shard(s) in flight",
+                        params.batch_id,
+                        capacity.boxes,
+                        capacity.slots,
+                        max(params.window, capacity.shards),
+                    )
+                self._capacity = capacity.shards
+        return max(params.window, self._capacity)
 
     async def _merge(self, params: BatchInput, progress: BatchProgress, status: str) -> MergeResult:
         merged: MergeResult = await workflow.execute_activity_method(
