@@ -68,6 +68,9 @@ Commands:
   ssh [CMD...]         open a shell in REMOTE_DIR on the instance, or run CMD there
   offers               print (and run, when the vastai CLI is installed) a search for
                        suitable Vast.ai offers
+  fleet deploy|status|logs|stop|tunnel FLEETFILE
+                       the same on every instance of a fleet file, in parallel, with one
+                       summary table (scripts/fleet.py; README "Fleet")
 
 Flags:
   --dry-run            print every command that would change the instance, run rsync with
@@ -1332,6 +1335,9 @@ main() {
       VAST_IMAGE="$(setting VAST_IMAGE "")"
       cmd_offers "${args[@]}"
       return ;;
+    fleet)
+      if ((DRY_RUN)); then args=(--dry-run "${args[@]}"); fi
+      exec python3 "${PROJECT_ROOT}/scripts/fleet.py" "${args[@]}" ;;
     *) die "unknown command '${command}'; see ${PROGRAM_NAME} --help" ;;
   esac
   load_config
