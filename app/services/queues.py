@@ -15,6 +15,7 @@ from minio.error import S3Error
 from app.services.temporal import TaskQueueState, TemporalService
 from kernel.boxes import read_boxes
 from kernel.config import Settings
+from kernel.contract import BATCH_WORKFLOW
 from kernel.supervisor import (
     RUNNING_STATES,
     WORKER_PROGRAMS,
@@ -120,17 +121,33 @@ class Reconciler:
             # program that is not running needs starting whatever the poller list says.
             locally_stopped = programs is not None and programs.get(program) not in RUNNING_STATES
             no_live_poller = not state.live_pollers(self.settings.POLLER_LIVE_SECONDS)
-            if state.backlog > 0 and (no_live_poller or locally_stopped):
+            waiting = state.backlog > 0 and (no_live_poller or locally_stopped)
+            if not waiting and queue == "gpu" and locally_stopped:
+                waiting = await self._fleet_needs_this_box()
+            if waiting:
                 result = await self.supervisor.start(program)
                 if result.outcome == "started":
-                    logger.info(
-                        "reconciler: %s has %d waiting task(s) and no live poller; started %s",
-                        state.name,
-                        state.backlog,
-                        result.program,
+                    why = (
+                        f"has {state.backlog} waiting task(s) and no live poller"
+                        if state.backlog > 0
+                        else "serves a running batch from other boxes"
                     )
+                    logger.info("reconciler: %s %s; started %s", state.name, why, result.program)
                     started.append(result.program)
         return started
+
+    async def _fleet_needs_this_box(self) -> bool:
+        """In a fleet the live boxes take every shard in flight, so the GPU queue shows no
+        backlog to a box whose worker is stopped; it joins while any batch runs (the window
+        then grows by its slots)."""
+        if not self.settings.runs_llama:
+            return False
+        client = await self.temporal.client()
+        running = await client.count_workflows(
+            f"WorkflowType = '{BATCH_WORKFLOW}' AND ExecutionStatus = 'Running' "
+            f"AND TaskQueue = '{self.settings.CPU_TASK_QUEUE}'"
+        )
+        return running.count > 0
 
     async def _run(self) -> None:
         while True:
