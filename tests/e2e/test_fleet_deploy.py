@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -152,7 +153,8 @@ def member_settings(
         TUNNEL_API_PORT=str(free_port()),
         TUNNEL_WEB_PORT=str(free_port()),
         TUNNEL_S3_CONSOLE_PORT=str(free_port()),
-        LLAMA_MODEL="models/tiny-llama.gguf",
+        # Only local mode generates the tiny model on the instance: point at this one.
+        LLAMA_MODEL=str((REPO_ROOT / "models" / "tiny-llama.gguf").resolve()),
         LLAMA_PARALLEL=str(slots),
         CPU_TASK_QUEUE=f"fleet-cpu-{os.getpid()}",
         GPU_TASK_QUEUE=f"fleet-gpu-{os.getpid()}",
@@ -199,10 +201,21 @@ def api(deployer: Deployer, path: str, body: dict[str, Any] | None = None) -> An
         headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
         method="POST" if body is not None else "GET",
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
+    try:
+        response = urllib.request.urlopen(request, timeout=30)
+    except urllib.error.HTTPError as error:
+        raise AssertionError(f"{path}: HTTP {error.code}: {error.read()[:2000]!r}") from None
+    with response:
         if "results" in path:
             return [json.loads(line) for line in response.read().splitlines() if line.strip()]
         return json.load(response)
+
+
+def healthy(deployer: Deployer) -> bool:
+    try:
+        return bool(api(deployer, "/health")["status"] == "ok")
+    except (OSError, ValueError):
+        return False
 
 
 def test_one_command_deploys_both_members(fleet: Fleet) -> None:
@@ -230,6 +243,8 @@ def test_a_batch_runs_across_both_boxes_through_the_tunnels(fleet: Fleet) -> Non
                     f"the tunnel's {setting} on the instance",
                 )
                 assert tunnel.poll() is None, tunnel.communicate()
+        for deployer in fleet.members.values():  # Temporal and S3 reached, bucket made
+            wait_for(lambda d=deployer: healthy(d), 90, "the member's /health to be ok")
         items = [
             {
                 "custom_id": f"e{i}",
