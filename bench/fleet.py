@@ -12,6 +12,7 @@ the ratio two ÷ one, and the requests each box answered.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import tempfile
@@ -21,9 +22,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from temporalio.client import Client  # noqa: E402
+
 from tests.support import batches  # noqa: E402
 from tests.support.fleet import Box  # noqa: E402
 from tests.support.stack import Stack, start_stack  # noqa: E402
+
+
+async def history_events(address: str, batch_id: str) -> list[int]:
+    """History events of each run of the batch's workflow (continue-as-new makes runs)."""
+    client = await Client.connect(address)
+    lengths = []
+    async for run in client.list_workflows(f"WorkflowId = '{batch_id}'"):
+        events = client.get_workflow_handle(batch_id, run_id=run.run_id).fetch_history_events()
+        lengths.append(len([event async for event in events]))
+    return lengths
 
 
 def run_batch(stack: Stack, count: int, max_tokens: int, shard: int, tag: str) -> dict[str, Any]:
@@ -40,6 +53,8 @@ def run_batch(stack: Stack, count: int, max_tokens: int, shard: int, tag: str) -
         "seconds": round(seconds, 2),
         "items_per_s": round(count / seconds, 1),
         "boxes": done["boxes"],
+        "shards": done["shard_count"],
+        "history_events": asyncio.run(history_events(stack.env["TEMPORAL_ADDRESS"], batch["id"])),
     }
 
 
