@@ -181,6 +181,9 @@ class BatchWorkflow:
         """Runs shards with at most `window` in flight; True when the run should continue
         as new (history long, window drained, shards left)."""
         in_flight: dict[workflow.ActivityHandle[ShardResult], int] = {}
+        # One timer per CAPACITY_REFRESH wakes the wait to re-read the capacity (a timer per
+        # wait would add two history events to every shard).
+        refresh: asyncio.Task[None] | None = None
         try:
             while progress.next_shard < progress.shard_count or in_flight:
                 stop_scheduling = self._history_is_long(params.max_history_events)
@@ -205,15 +208,16 @@ class BatchWorkflow:
                     progress.next_shard += 1
                 if not in_flight:
                     return True
-                waits_for_room = (
-                    params.follow_capacity and progress.next_shard < progress.shard_count
-                )
-                done, _ = await workflow.wait(
-                    list(in_flight),
-                    timeout=CAPACITY_REFRESH.total_seconds() if waits_for_room else None,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                for task in done:
+                waiters: list[asyncio.Future[Any]] = list(in_flight)
+                if params.follow_capacity and progress.next_shard < progress.shard_count:
+                    if refresh is None or refresh.done():
+                        refresh = asyncio.create_task(workflow.sleep(CAPACITY_REFRESH))
+                    waiters.append(refresh)
+                done, _ = await workflow.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finished = [task for task in in_flight if task in done]
+                if not finished:
+                    continue
+                for task in finished:
                     del in_flight[task]
                     progress.add(task.result())
                 self._publish(
@@ -228,6 +232,9 @@ class BatchWorkflow:
             if in_flight:
                 await workflow.wait(list(in_flight))
             raise
+        finally:
+            if refresh is not None and not refresh.done():
+                refresh.cancel()
         return False
 
     async def _window(self, params: BatchInput) -> int:
