@@ -124,6 +124,35 @@ def test_two_boxes_report_their_slots_and_capacity(fleet: tuple[Stack, Box]) -> 
     assert capacity == CapacityResult(shards=4, boxes=2, slots=BOX_A_SLOTS + BOX_B_SLOTS)
 
 
+def test_two_batches_share_the_fleet(fleet: tuple[Stack, Box]) -> None:
+    stack, _ = fleet
+    wait_for(lambda: len(live_boxes(stack)) == 2, 60, "two live boxes")
+    count = 600
+    first, second = (
+        batches.submit(
+            stack, items=batches.chat_items(count, prefix=p, max_tokens=8), shard_size=SHARD
+        )
+        for p in ("s", "t")
+    )
+    done = batches.wait_until(
+        stack,
+        first["id"],
+        lambda b: (
+            b["status"] == "completed" or batches.get(stack, second["id"])["status"] == "completed"
+        ),
+        timeout=600,
+    )
+    other = batches.get(stack, second["id"])
+    # Whichever finished first, the other was served meanwhile: neither waited its turn.
+    assert min(done["request_counts"]["completed"], other["request_counts"]["completed"]) > 0
+    for batch, prefix in ((first, "s"), (second, "t")):
+        finished = batches.wait_terminal(stack, batch["id"], timeout=600)
+        assert finished["status"] == "completed", finished
+        batches.assert_exactly_once(
+            batches.results(stack, batch["id"]), {f"{prefix}{i}" for i in range(count)}
+        )
+
+
 def test_a_box_lost_mid_batch_hands_its_shards_over(fleet: tuple[Stack, Box]) -> None:
     stack, box_b = fleet
     wait_for(lambda: len(live_boxes(stack)) == 2, 60, "two live boxes")
