@@ -188,6 +188,25 @@ def test_a_box_lost_mid_batch_hands_its_shards_over(fleet: tuple[Stack, Box]) ->
     )
 
 
+def test_a_box_added_mid_batch_takes_shards(fleet: tuple[Stack, Box]) -> None:
+    stack, box_b = fleet
+    box_b.kill()  # gone already when the test before ran; here it joins mid-batch
+    batch = batches.submit(
+        stack, items=batches.chat_items(ITEMS, prefix="j", max_tokens=16), shard_size=SHARD
+    )
+    batches.wait_until(
+        stack, batch["id"], lambda b: b["request_counts"]["completed"] >= 2 * SHARD, timeout=180
+    )
+    box_b.start()
+    done = batches.wait_terminal(stack, batch["id"], timeout=600)
+    assert done["status"] == "completed", done
+    batches.assert_exactly_once(
+        batches.results(stack, batch["id"]), {f"j{i}" for i in range(ITEMS)}
+    )
+    assert done["boxes"].get("box-b", 0) > 0, f"box-b joined but answered nothing: {done}"
+    print(f"\nbox-b joined mid-batch: per box {done['boxes']}")
+
+
 # The window itself, with activities replaced under their real names, on the stack's Temporal.
 
 
