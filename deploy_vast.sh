@@ -78,6 +78,9 @@ Commands:
   ssh [CMD...]         open a shell in REMOTE_DIR on the instance, or run CMD there
   offers               print (and run, when the vastai CLI is installed) a search for
                        suitable Vast.ai offers
+  fleet deploy|status|logs|stop|tunnel FLEETFILE
+                       the same on every instance of a fleet file, in parallel, with one
+                       summary table (scripts/fleet.py; README "Fleet")
 
 Flags:
   --dry-run            print every command that would change the instance, run rsync with
@@ -1205,6 +1208,11 @@ main() {
   START_US="$(now_us)"
   trap cleanup EXIT
 
+  if [[ "$command" == fleet ]]; then
+    # Every member of a fleet file, in parallel: scripts/fleet.py runs this script per member.
+    if ((DRY_RUN)); then args=(--dry-run "${args[@]}"); fi
+    exec python3 "${PROJECT_ROOT}/scripts/fleet.py" "${args[@]}"
+  fi
   [[ " ${COMMANDS[*]} " == *" ${command} "* ]] \
     || die "unknown command '${command}'; see ${PROGRAM_NAME} --help"
   if [[ " ${NO_SETTINGS_COMMANDS[*]} " == *" ${command} "* ]]; then

@@ -354,6 +354,8 @@ class BatchInput:
     # A run continues as new past this many history events (or when the server suggests).
     max_history_events: int = 8_000
     progress: BatchProgress | None = None
+    # Shards in flight follow the live GPU capacity (box records), `window` being the floor.
+    follow_capacity: bool = False
 
 
 @dataclass
@@ -432,3 +434,56 @@ class ProcessInput:
 @dataclass
 class ProcessResult:
     output: dict[str, Any]
+
+
+# The fleet: each GPU worker publishes its box record every BOX_REPORT_SECONDS; a record
+# whose object is older than BOX_LIVE_SECONDS is a box that is gone.
+BOXES_PREFIX = "boxes/"
+BOX_REPORT_SECONDS = 5.0
+BOX_LIVE_SECONDS = 20.0
+
+
+def box_key(box: str) -> str:
+    """The box record's key; a '/' in the box name would make a folder of it."""
+    return f"{BOXES_PREFIX}{box.replace('/', '_')}.json"
+
+
+class BoxRecord(BaseModel):
+    """What one GPU worker says about its box (written by the worker, read by the API and
+    the capacity activity)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    box: str
+    task_queue: str = ""
+    slots: int = Field(default=0, description="llama-server's total_slots; 0 while it is down.")
+    shard_room: int = Field(default=0, description="Shard activities the worker runs at once.")
+    in_flight: int = Field(default=0, description="Requests sent to llama-server, not answered.")
+    requests_per_s: float = 0.0
+    tokens_per_s: float = Field(default=0.0, description="Generated (completion) tokens/s.")
+    requests_total: int = 0
+    last_seen: float = Field(default=0.0, description="Unix time the record was written.")
+    live: bool = Field(default=True, description="Written within the last BOX_LIVE_SECONDS.")
+
+    def shards_wanted(self, shard_size: int) -> int:
+        """Shards that keep this box's slots busy: enough to fill them, plus one whose
+        requests take over the slots of a shard that is finishing; never more than the
+        worker runs at once. A box whose llama-server is down wants none."""
+        if self.slots <= 0 or not self.live:
+            return 0
+        wanted = -(-self.slots // max(shard_size, 1)) + 1
+        return min(wanted, self.shard_room) if self.shard_room > 0 else wanted
+
+
+@dataclass
+class CapacityInput:
+    bucket: str
+    gpu_task_queue: str
+    shard_size: int
+
+
+@dataclass
+class CapacityResult:
+    shards: int = 0
+    boxes: int = 0
+    slots: int = 0

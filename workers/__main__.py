@@ -138,6 +138,7 @@ async def run(queue: str, settings: Settings) -> int:
 
     logger.info("worker %s polling %s", identity, ", ".join(w.task_queue for w in workers))
     worker_tasks = [asyncio.create_task(w.run()) for w in workers]
+    registry.start()
     stop_task = asyncio.create_task(stop.wait())
     waiters: set[asyncio.Task[object]] = {*worker_tasks, stop_task}
     idle_limit = settings.WORKER_IDLE_EXIT_SECONDS

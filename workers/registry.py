@@ -12,7 +12,9 @@ from typing import Any
 from kernel.config import Settings
 from kernel.storage import ensure_bucket, make_minio
 from workers.activities.batch_io import BatchIOActivities
+from workers.activities.capacity import CapacityActivities
 from workers.activities.inference import InferenceActivities
+from workers.box import BoxReporter, MeteredLlama
 from workers.llama import LlamaClient
 from workers.workflows.batch import BatchWorkflow
 from workers.workflows.process import ProcessWorkflow
@@ -40,8 +42,16 @@ class Registry:
     urgent_activities: Sequence[Callable[..., Any]] = ()
     urgent_max_concurrent_activities: int | None = None
     _llama: LlamaClient | None = field(default=None, repr=False)
+    box_reporter: BoxReporter | None = None
+
+    def start(self) -> None:
+        """Starts what runs beside the worker (the GPU box's record); inside its loop."""
+        if self.box_reporter is not None:
+            self.box_reporter.start()
 
     async def close(self) -> None:
+        if self.box_reporter is not None:
+            await self.box_reporter.stop()
         if self.activity_executor is not None:
             self.activity_executor.shutdown(wait=False)
         if self._llama is not None:
@@ -55,13 +65,13 @@ def build_registry(queue: str, settings: Settings) -> Registry:
         io = BatchIOActivities(s3)
         return Registry(
             workflows=[BatchWorkflow, ProcessWorkflow],
-            activities=[io.split_input, io.merge_results],
+            activities=[io.split_input, io.merge_results, CapacityActivities(s3).live_capacity],
             max_concurrent_activities=CPU_CONCURRENT_ACTIVITIES,
             activity_executor=ThreadPoolExecutor(
                 CPU_CONCURRENT_ACTIVITIES, thread_name_prefix="io-activity"
             ),
         )
-    llama = LlamaClient(
+    llama = MeteredLlama(
         settings.LLAMA_URL,
         request_timeout=settings.LLAMA_REQUEST_TIMEOUT_SECONDS,
         retry_budget_seconds=settings.LLAMA_REQUEST_TIMEOUT_SECONDS,
@@ -74,4 +84,12 @@ def build_registry(queue: str, settings: Settings) -> Registry:
         urgent_activities=[inference.process_request],
         urgent_max_concurrent_activities=PROCESS_REQUESTS_ROOM,
         _llama=llama,
+        box_reporter=BoxReporter(
+            s3,
+            settings.MINIO_BUCKET,
+            settings.box_name,
+            settings.GPU_TASK_QUEUE,
+            llama,
+            shard_room=GPU_CONCURRENT_SHARDS,
+        ),
     )

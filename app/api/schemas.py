@@ -167,6 +167,27 @@ class QueueReport(BaseModel):
     worker: WorkerProgram
 
 
+class BoxReport(BaseModel):
+    """One GPU box of the fleet, as its GPU worker last reported it."""
+
+    box: str = Field(description="BOX_NAME of the box (its host name by default).")
+    slots: int = Field(description="llama-server's slots; 0 while llama-server is down.")
+    in_flight: int = Field(description="Requests sent to llama-server and not yet answered.")
+    requests_per_s: float
+    tokens_per_s: float = Field(description="Generated tokens per second.")
+    requests_total: int = Field(description="Requests answered since the worker started.")
+    shard_room: int = Field(description="Shards the box's worker runs at once.")
+    last_seen: str = Field(description="When the record was last written (ISO 8601, UTC).")
+    seconds_ago: float
+    live: bool = Field(description="Reported within the last BOX_LIVE_SECONDS (20 s).")
+
+
 class QueuesReport(BaseModel):
     queues: dict[str, QueueReport]
     supervisor_reachable: bool
+    boxes: list[BoxReport] = Field(
+        default_factory=list, description="GPU boxes that reported on the GPU queue, by name."
+    )
+    boxes_error: str | None = Field(
+        default=None, description="Why the box records could not be read (S3 down)."
+    )

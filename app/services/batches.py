@@ -276,6 +276,7 @@ class BatchService:
             defaults=defaults,
             shard_size=shard_size or self.settings.BATCH_SHARD_SIZE,
             window=self.settings.BATCH_WINDOW,
+            follow_capacity=True,
             gpu_task_queue=self.settings.GPU_TASK_QUEUE,
             created_at=now,
             metadata=metadata,

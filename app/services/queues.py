@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from datetime import UTC, datetime
 from typing import Any
 
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
 from app.services.temporal import TaskQueueState, TemporalService
+from kernel.boxes import read_boxes
 from kernel.config import Settings
+from kernel.contract import BATCH_WORKFLOW
 from kernel.supervisor import (
     RUNNING_STATES,
     WORKER_PROGRAMS,
@@ -31,12 +39,34 @@ async def queue_states(settings: Settings, temporal: TemporalService) -> dict[st
     return dict(zip(names, states, strict=True))
 
 
+async def boxes_report(settings: Settings, s3: Minio) -> tuple[list[dict[str, Any]], str | None]:
+    """The GPU boxes that reported on this GPU queue, and why they could not be read."""
+    now = time.time()
+    try:
+        records = await asyncio.to_thread(
+            read_boxes, s3, settings.MINIO_BUCKET, settings.GPU_TASK_QUEUE, now
+        )
+    except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
+        return [], f"could not read the box records from S3: {exc}"
+    boxes = []
+    for record in records:
+        box = record.model_dump(exclude={"task_queue", "last_seen"})
+        box["last_seen"] = datetime.fromtimestamp(record.last_seen, UTC).isoformat()
+        box["seconds_ago"] = round(max(now - record.last_seen, 0.0), 1)
+        boxes.append(box)
+    return boxes, None
+
+
 async def queues_report(
-    settings: Settings, temporal: TemporalService, supervisor: SupervisorControl
+    settings: Settings,
+    temporal: TemporalService,
+    supervisor: SupervisorControl,
+    s3: Minio | None = None,
 ) -> dict[str, Any]:
     states, programs = await asyncio.gather(
         queue_states(settings, temporal), _program_states(supervisor)
     )
+    boxes, boxes_error = await boxes_report(settings, s3) if s3 is not None else ([], None)
     report: dict[str, Any] = {}
     for queue, state in states.items():
         live = state.live_pollers(settings.POLLER_LIVE_SECONDS)
@@ -54,7 +84,12 @@ async def queues_report(
                 "state": programs.get(program, "UNKNOWN") if programs is not None else None,
             },
         }
-    return {"queues": report, "supervisor_reachable": programs is not None}
+    return {
+        "queues": report,
+        "supervisor_reachable": programs is not None,
+        "boxes": boxes,
+        "boxes_error": boxes_error,
+    }
 
 
 class Reconciler:
@@ -86,17 +121,33 @@ class Reconciler:
             # program that is not running needs starting whatever the poller list says.
             locally_stopped = programs is not None and programs.get(program) not in RUNNING_STATES
             no_live_poller = not state.live_pollers(self.settings.POLLER_LIVE_SECONDS)
-            if state.backlog > 0 and (no_live_poller or locally_stopped):
+            waiting = state.backlog > 0 and (no_live_poller or locally_stopped)
+            if not waiting and queue == "gpu" and locally_stopped:
+                waiting = await self._fleet_needs_this_box()
+            if waiting:
                 result = await self.supervisor.start(program)
                 if result.outcome == "started":
-                    logger.info(
-                        "reconciler: %s has %d waiting task(s) and no live poller; started %s",
-                        state.name,
-                        state.backlog,
-                        result.program,
+                    why = (
+                        f"has {state.backlog} waiting task(s) and no live poller"
+                        if state.backlog > 0
+                        else "serves a running batch from other boxes"
                     )
+                    logger.info("reconciler: %s %s; started %s", state.name, why, result.program)
                     started.append(result.program)
         return started
+
+    async def _fleet_needs_this_box(self) -> bool:
+        """In a fleet the live boxes take every shard in flight, so the GPU queue shows no
+        backlog to a box whose worker is stopped; it joins while any batch runs (the window
+        then grows by its slots)."""
+        if not self.settings.runs_llama:
+            return False
+        client = await self.temporal.client()
+        running = await client.count_workflows(
+            f"WorkflowType = '{BATCH_WORKFLOW}' AND ExecutionStatus = 'Running' "
+            f"AND TaskQueue = '{self.settings.CPU_TASK_QUEUE}'"
+        )
+        return running.count > 0
 
     async def _run(self) -> None:
         while True:

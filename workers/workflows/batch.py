@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         BatchProgress,
         BatchResult,
         BatchStatus,
+        CapacityInput,
         MergeInput,
         MergeResult,
         RequestCounts,
@@ -35,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         output_key,
     )
     from workers.activities.batch_io import BatchIOActivities
+    from workers.activities.capacity import CapacityActivities
     from workers.activities.inference import InferenceActivities
 
 # Split and merge are retried until they succeed: an S3 outage, even a long one at the end
@@ -71,10 +73,19 @@ class _Expired(Exception):
     """The batch's completion window ran out while shards were left (see `_time_left`)."""
 
 
+# How often a batch that follows the fleet's capacity re-reads it (also while it waits for
+# a shard, so a box that joins mid-batch gets work without waiting for a shard to finish).
+CAPACITY_REFRESH = timedelta(seconds=10)
+CAPACITY_TIMEOUT = timedelta(seconds=10)
+CAPACITY_RETRY = RetryPolicy(maximum_attempts=2)
+
+
 @workflow.defn(name=BATCH_WORKFLOW)
 class BatchWorkflow:
     def __init__(self) -> None:
         self._status = BatchStatus(id="")
+        self._capacity = 0
+        self._capacity_at: datetime | None = None
 
     def _publish(self, **changes: Any) -> None:
         """Updates the status and publishes the changed fields in the memo."""
@@ -219,15 +230,19 @@ class BatchWorkflow:
         """Runs shards with at most `window` in flight; True when the run should continue
         as new (history long, window drained, shards left)."""
         in_flight: dict[workflow.ActivityHandle[ShardResult], int] = {}
+        # One timer per CAPACITY_REFRESH wakes the wait to re-read the capacity (a timer per
+        # wait would add two history events to every shard).
+        refresh: asyncio.Task[None] | None = None
         try:
             while progress.next_shard < progress.shard_count or in_flight:
                 time_left = self._time_left(params)
                 if time_left == 0:
                     raise _Expired()
                 stop_scheduling = self._history_is_long(params.max_history_events)
+                window = await self._window(params) if not stop_scheduling else 0
                 while (
                     not stop_scheduling
-                    and len(in_flight) < params.window
+                    and len(in_flight) < window
                     and progress.next_shard < progress.shard_count
                 ):
                     shard = progress.next_shard
@@ -245,10 +260,18 @@ class BatchWorkflow:
                     progress.next_shard += 1
                 if not in_flight:
                     return True
+                waiters: list[asyncio.Future[Any]] = list(in_flight)
+                if params.follow_capacity and progress.next_shard < progress.shard_count:
+                    if refresh is None or refresh.done():
+                        refresh = asyncio.create_task(workflow.sleep(CAPACITY_REFRESH))
+                    waiters.append(refresh)
                 done, _ = await workflow.wait(
-                    list(in_flight), timeout=time_left, return_when=asyncio.FIRST_COMPLETED
+                    waiters, timeout=time_left, return_when=asyncio.FIRST_COMPLETED
                 )
-                for task in done:
+                finished = [task for task in in_flight if task in done]
+                if not finished:
+                    continue
+                for task in finished:
                     del in_flight[task]
                     progress.add(task.result())
                 self._publish(
@@ -267,6 +290,9 @@ class BatchWorkflow:
         except _Expired:
             await self._cancel_shards(in_flight, progress, announce=False)
             raise
+        finally:
+            if refresh is not None and not refresh.done():
+                refresh.cancel()
         return False
 
     def _publish_cancelling(self) -> None:
@@ -344,6 +370,40 @@ class BatchWorkflow:
             output_key=merged.output_key,
             error_key=merged.error_key,
         )
+
+    async def _window(self, params: BatchInput) -> int:
+        """Shards to keep in flight: the fleet's live capacity (the sum over live GPU boxes of
+        what keeps each busy), `params.window` being the floor and the fallback when no box
+        has reported."""
+        if not params.follow_capacity:
+            return params.window
+        now = workflow.now()
+        if self._capacity_at is None or now - self._capacity_at >= CAPACITY_REFRESH:
+            self._capacity_at = now
+            try:
+                capacity = await workflow.execute_local_activity_method(
+                    CapacityActivities.live_capacity,
+                    CapacityInput(
+                        bucket=params.bucket,
+                        gpu_task_queue=params.gpu_task_queue,
+                        shard_size=params.shard_size,
+                    ),
+                    start_to_close_timeout=CAPACITY_TIMEOUT,
+                    retry_policy=CAPACITY_RETRY,
+                )
+            except ActivityError as exc:  # S3 trouble: keep the last known capacity
+                workflow.logger.warning("batch %s: capacity unknown: %s", params.batch_id, exc)
+            else:
+                if capacity.shards != self._capacity:
+                    workflow.logger.info(
+                        "batch %s: %d live box(es), %d slot(s): %d shard(s) in flight",
+                        params.batch_id,
+                        capacity.boxes,
+                        capacity.slots,
+                        max(params.window, capacity.shards),
+                    )
+                self._capacity = capacity.shards
+        return max(params.window, self._capacity)
 
     async def _merge(self, params: BatchInput, progress: BatchProgress, status: str) -> MergeResult:
         merged: MergeResult = await workflow.execute_activity_method(

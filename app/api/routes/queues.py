@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import SettingsDep, SupervisorDep, TemporalDep
+from app.api.deps import S3ProbeDep, SettingsDep, SupervisorDep, TemporalDep
 from app.api.schemas import QueuesReport
 from app.core.errors import ServiceUnavailable
 from app.services.queues import queues_report
@@ -35,6 +35,21 @@ router = APIRouter(tags=["queues"])
                             }
                         },
                         "supervisor_reachable": True,
+                        "boxes": [
+                            {
+                                "box": "gpu-box-1",
+                                "slots": 8,
+                                "in_flight": 8,
+                                "requests_per_s": 41.5,
+                                "tokens_per_s": 1328.0,
+                                "requests_total": 12000,
+                                "shard_room": 4,
+                                "last_seen": "2026-11-29T05:00:03+00:00",
+                                "seconds_ago": 1.2,
+                                "live": True,
+                            }
+                        ],
+                        "boxes_error": None,
                     }
                 }
             }
@@ -42,9 +57,9 @@ router = APIRouter(tags=["queues"])
     },
 )
 async def queues(
-    settings: SettingsDep, temporal: TemporalDep, supervisor: SupervisorDep
+    settings: SettingsDep, temporal: TemporalDep, supervisor: SupervisorDep, s3: S3ProbeDep
 ) -> QueuesReport:
     try:
-        return QueuesReport.model_validate(await queues_report(settings, temporal, supervisor))
+        return QueuesReport.model_validate(await queues_report(settings, temporal, supervisor, s3))
     except TemporalUnavailable as exc:
         raise ServiceUnavailable(str(exc)) from exc

@@ -1,0 +1,291 @@
+"""Two GPU boxes on one machine drain one batch: a second llama-server (other slot count)
+and a second GPU worker (other BOX_NAME) against the same Temporal, S3 and queues.
+
+Both boxes answer requests; the window follows their slots; a box lost mid-batch (its
+worker and llama-server SIGKILLed) hands its shards to the other; every custom_id comes
+back exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from kernel.contract import (
+    BatchInput,
+    CapacityInput,
+    CapacityResult,
+    MergeInput,
+    MergeResult,
+    ShardInput,
+    ShardResult,
+    SplitInput,
+    SplitResult,
+)
+from tests.support import batches
+from tests.support.fleet import Box
+from tests.support.stack import Stack, start_stack
+from workers.activities.capacity import CapacityActivities
+from workers.workflows.batch import BatchWorkflow
+
+pytestmark = pytest.mark.integration
+
+BOX_A_SLOTS = 4
+BOX_B_SLOTS = 2
+SHARD = 50
+ITEMS = 1500
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Box]]:
+    base = Path(tmp_path_factory.mktemp("fleet"))
+    # BATCH_WINDOW=1: what is in flight beyond one shard comes from the boxes' capacity.
+    stack = start_stack(
+        base,
+        BOX_NAME="box-a",
+        LLAMA_PARALLEL=str(BOX_A_SLOTS),
+        LLAMA_CTX_PER_SLOT="512",
+        BATCH_WINDOW="1",
+        WORKER_IDLE_EXIT_SECONDS="120",
+    )
+    box_b = Box(stack, "box-b", BOX_B_SLOTS, base)
+    try:
+        box_b.start()
+        yield stack, box_b
+    finally:
+        box_b.stop()
+        stack.stop()
+
+
+def live_boxes(stack: Stack) -> dict[str, dict[str, Any]]:
+    response = stack.http.get("/queues")
+    assert response.status_code == 200, response.text
+    return {box["box"]: box for box in response.json()["boxes"] if box["live"]}
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def first_retry_started(stack: Stack, batch_id: str) -> tuple[float, str] | None:
+    """When the first shard attempt after a failed one started (Unix time, from the
+    history), and why the attempt before it failed."""
+
+    async def history() -> tuple[float, str] | None:
+        client = await Client.connect(stack.env["TEMPORAL_ADDRESS"])
+        retries = [
+            (
+                event.event_time.ToDatetime(tzinfo=UTC).timestamp(),
+                event.activity_task_started_event_attributes.last_failure.message,
+            )
+            async for event in client.get_workflow_handle(batch_id).fetch_history_events()
+            if event.HasField("activity_task_started_event_attributes")
+            and event.activity_task_started_event_attributes.attempt >= 2
+        ]
+        return min(retries) if retries else None
+
+    return asyncio.run(history())
+
+
+def test_two_boxes_report_their_slots_and_capacity(fleet: tuple[Stack, Box]) -> None:
+    stack, _ = fleet
+    # box-a's worker starts on demand: a tiny batch wakes it.
+    batch = batches.submit(stack, items=batches.chat_items(4, prefix="w"), shard_size=2)
+    batches.wait_terminal(stack, batch["id"], timeout=120)
+    boxes = wait_for(lambda: len(live_boxes(stack)) == 2 and live_boxes(stack), 60, "two boxes")
+    assert boxes["box-a"]["slots"] == BOX_A_SLOTS
+    assert boxes["box-b"]["slots"] == BOX_B_SLOTS
+    for box in boxes.values():
+        assert set(box) >= {"in_flight", "requests_per_s", "tokens_per_s", "last_seen"}
+    capacity = CapacityActivities(stack.s3()).live_capacity(
+        CapacityInput(
+            bucket=stack.env.get("MINIO_BUCKET", "llm-batch"),
+            gpu_task_queue=stack.env["GPU_TASK_QUEUE"],
+            shard_size=SHARD,
+        )
+    )
+    # Each box: enough shards to fill its slots (one of 50 requests) plus one to take over.
+    assert capacity == CapacityResult(shards=4, boxes=2, slots=BOX_A_SLOTS + BOX_B_SLOTS)
+
+
+def test_two_batches_share_the_fleet(fleet: tuple[Stack, Box]) -> None:
+    stack, _ = fleet
+    wait_for(lambda: len(live_boxes(stack)) == 2, 60, "two live boxes")
+    count = 600
+    first, second = (
+        batches.submit(
+            stack, items=batches.chat_items(count, prefix=p, max_tokens=8), shard_size=SHARD
+        )
+        for p in ("s", "t")
+    )
+    done = batches.wait_until(
+        stack,
+        first["id"],
+        lambda b: (
+            b["status"] == "completed" or batches.get(stack, second["id"])["status"] == "completed"
+        ),
+        timeout=600,
+    )
+    other = batches.get(stack, second["id"])
+    # Whichever finished first, the other was served meanwhile: neither waited its turn.
+    assert min(done["request_counts"]["completed"], other["request_counts"]["completed"]) > 0
+    for batch, prefix in ((first, "s"), (second, "t")):
+        finished = batches.wait_terminal(stack, batch["id"], timeout=600)
+        assert finished["status"] == "completed", finished
+        batches.assert_exactly_once(
+            batches.results(stack, batch["id"]), {f"{prefix}{i}" for i in range(count)}
+        )
+
+
+def test_a_box_lost_mid_batch_hands_its_shards_over(fleet: tuple[Stack, Box]) -> None:
+    stack, box_b = fleet
+    wait_for(lambda: len(live_boxes(stack)) == 2, 60, "two live boxes")
+    started = time.monotonic()
+    batch = batches.submit(
+        stack, items=batches.chat_items(ITEMS, prefix="f", max_tokens=16), shard_size=SHARD
+    )
+    batches.wait_until(
+        stack, batch["id"], lambda b: b["boxes"].get("box-b", 0) >= 2 * SHARD, timeout=180
+    )
+    box_b.kill()
+    killed = time.time()
+    done = batches.wait_terminal(stack, batch["id"], timeout=600)
+    retried = first_retry_started(stack, batch["id"])
+    assert retried is not None, "box-b's shards ran again elsewhere"
+    handed_over = retried[0] - killed
+    elapsed = time.monotonic() - started
+    assert done["status"] == "completed", done
+    assert done["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0}
+    batches.assert_exactly_once(
+        batches.results(stack, batch["id"]), {f"f{i}" for i in range(ITEMS)}
+    )
+    assert batches.errors(stack, batch["id"]) == []
+    per_box = done["boxes"]
+    assert set(per_box) == {"box-a", "box-b"} and sum(per_box.values()) == ITEMS
+    print(
+        f"\nfleet: {ITEMS} requests in {elapsed:.1f}s, per box {per_box}; "
+        f"box-b lost, its shards running again on box-a {handed_over:.1f}s later "
+        f"(first attempt: {retried[1]})"
+    )
+    assert "box-b" not in live_boxes(stack) or wait_for(
+        lambda: "box-b" not in live_boxes(stack), 60, "box-b to go stale"
+    )
+
+
+def test_a_box_added_mid_batch_takes_shards(fleet: tuple[Stack, Box]) -> None:
+    stack, box_b = fleet
+    box_b.kill()  # gone already when the test before ran; here it joins mid-batch
+    batch = batches.submit(
+        stack, items=batches.chat_items(ITEMS, prefix="j", max_tokens=16), shard_size=SHARD
+    )
+    batches.wait_until(
+        stack, batch["id"], lambda b: b["request_counts"]["completed"] >= 2 * SHARD, timeout=180
+    )
+    box_b.start()
+    done = batches.wait_terminal(stack, batch["id"], timeout=600)
+    assert done["status"] == "completed", done
+    batches.assert_exactly_once(
+        batches.results(stack, batch["id"]), {f"j{i}" for i in range(ITEMS)}
+    )
+    assert done["boxes"].get("box-b", 0) > 0, f"box-b joined but answered nothing: {done}"
+    print(f"\nbox-b joined mid-batch: per box {done['boxes']}")
+
+
+# The window itself, with activities replaced under their real names, on the stack's Temporal.
+
+
+class FakeFleet:
+    def __init__(self, shards: int, capacity: int) -> None:
+        self.shards = shards
+        self.capacity = capacity
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.runs: list[int] = []
+
+    @activity.defn(name="split_input")
+    async def split_input(self, params: SplitInput) -> SplitResult:
+        return SplitResult(total=self.shards, valid=self.shards, invalid=0, shard_count=self.shards)
+
+    @activity.defn(name="live_capacity")
+    async def live_capacity(self, params: CapacityInput) -> CapacityResult:
+        return CapacityResult(shards=self.capacity, boxes=3, slots=self.capacity)
+
+    @activity.defn(name="run_shard")
+    async def run_shard(self, params: ShardInput) -> ShardResult:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.2)
+            self.runs.append(params.shard)
+            return ShardResult(shard=params.shard, completed=1, failed=0, box="b")
+        finally:
+            self.in_flight -= 1
+
+    @activity.defn(name="merge_results")
+    async def merge_results(self, params: MergeInput) -> MergeResult:
+        return MergeResult(completed=len(self.runs), failed=0, output_key="o", error_key="e")
+
+
+async def run_fake_batches(address: str, capacity: int, windows: list[int]) -> list[FakeFleet]:
+    client = await Client.connect(address)
+    queue = f"fleet-{uuid.uuid4().hex[:8]}"
+    fakes = [FakeFleet(shards=24, capacity=capacity) for _ in windows]
+    handles = []
+    workers = []
+    for index, (fake, window) in enumerate(zip(fakes, windows, strict=True)):
+        fake_queue = f"{queue}-{index}"
+        handles.append(
+            await client.start_workflow(
+                BatchWorkflow.run,
+                BatchInput(
+                    batch_id=f"{fake_queue}-batch",
+                    bucket="b",
+                    input_key="in",
+                    gpu_task_queue=fake_queue,
+                    window=window,
+                    follow_capacity=True,
+                ),
+                id=f"{fake_queue}-batch",
+                task_queue=fake_queue,
+            )
+        )
+        workers.append(
+            Worker(
+                client,
+                task_queue=fake_queue,
+                workflows=[BatchWorkflow],
+                activities=[
+                    fake.split_input,
+                    fake.live_capacity,
+                    fake.run_shard,
+                    fake.merge_results,
+                ],
+            )
+        )
+    async with workers[0], workers[1]:
+        await asyncio.gather(*(handle.result() for handle in handles))
+    return fakes
+
+
+def test_window_follows_capacity_with_the_setting_as_floor(fleet: tuple[Stack, Box]) -> None:
+    stack, _ = fleet
+    above, below = asyncio.run(run_fake_batches(stack.env["TEMPORAL_ADDRESS"], 6, [2, 8]))
+    assert above.max_in_flight == 6, "capacity above BATCH_WINDOW sets the window"
+    assert below.max_in_flight == 8, "BATCH_WINDOW is the floor"
+    assert sorted(above.runs) == sorted(below.runs) == list(range(24))

@@ -1,0 +1,86 @@
+"""A second GPU box on this machine, for the fleet test and benchmark: its own llama-server
+and GPU worker (its own BOX_NAME) against a running stack's Temporal, S3 and queues."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.stack import REPO_ROOT, Stack, free_port
+
+
+class Box:
+    """A second GPU box on this machine: llama-server and GPU worker, stopped by pid."""
+
+    def __init__(self, stack: Stack, name: str, slots: int, log_dir: Path, **extra: str) -> None:
+        self.stack = stack
+        self.name = name
+        self.slots = slots
+        self.port = free_port()
+        self.log_dir = log_dir
+        self.extra = extra
+        self.llama: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    def _env(self) -> dict[str, str]:
+        return self.stack.process_env(
+            {
+                "BOX_NAME": self.name,
+                "LLAMA_URL": f"http://127.0.0.1:{self.port}",
+                "LLAMA_SERVER_BIN": os.environ.get("LLAMA_SERVER_BIN", "llama-server"),
+                "LLAMA_HOST": "127.0.0.1",
+                "LLAMA_PORT": str(self.port),
+                "LLAMA_PARALLEL": str(self.slots),
+                "LLAMA_CTX_PER_SLOT": "512",
+                "LLAMA_MODEL": "models/tiny-llama.gguf",
+                "WORKER_IDLE_EXIT_SECONDS": "0",
+                **self.extra,
+            }
+        )
+
+    def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
+        with open(self.log_dir / log, "ab") as out:
+            return subprocess.Popen(
+                args, cwd=REPO_ROOT, env=self._env(), stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def start(self) -> None:
+        self.llama = self._spawn(
+            ["bash", "scripts/run_program.sh", "llama"], f"{self.name}-llama.log"
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"{self.name}'s llama-server did not come up")
+        self.worker = self._spawn(
+            [sys.executable, "-m", "workers", "--queue", "gpu"], f"{self.name}-worker.log"
+        )
+
+    def kill(self) -> None:
+        """The whole box gone at once: no graceful shutdown, no last heartbeat."""
+        for process in (self.worker, self.llama):
+            if process is not None and process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+
+    def stop(self) -> None:
+        for process in (self.worker, self.llama):
+            if process is not None and process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=40)
+                except subprocess.TimeoutExpired:
+                    os.kill(process.pid, signal.SIGKILL)
+                    process.wait(timeout=10)
