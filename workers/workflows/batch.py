@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -115,48 +115,40 @@ class BatchWorkflow:
                     replace(params, progress=progress), memo=self._status.memo()
                 )
             self._publish(status="finalizing", finalizing_at=self._now())
-            merged = await self._merge(params, progress, "completed")
+            return await self._finish(params, progress, "completed")
         except BudgetReached as reached:
-            return await self._stop_for_budget(params, progress, str(reached))
+            self._publish_cancelling()
+            return await self._finish(params, progress, "cancelled", message=str(reached))
         except _Expired:
-            return await self._expire(params, progress)
+            workflow.logger.info("batch %s: completion window over, expiring", params.batch_id)
+            return await self._finish(params, progress, "expired")
         except asyncio.CancelledError:
             self._publish_cancelling()
-            merged = await self._merge(params, progress, "cancelled")
-            self._publish(
-                status="cancelled",
-                cancelled_at=self._now(),
-                request_counts=self._merged_counts(progress, merged),
-            )
+            await self._finish(params, progress, "cancelled")
             raise
-        self._publish(
-            status="completed",
-            completed_at=self._now(),
-            request_counts=self._merged_counts(progress, merged),
-        )
-        return BatchResult(
-            batch_id=params.batch_id,
-            status="completed",
-            total=progress.total,
-            completed=merged.completed,
-            failed=merged.failed,
-            output_key=merged.output_key,
-            error_key=merged.error_key,
-        )
 
-    async def _expire(self, params: BatchInput, progress: BatchProgress) -> BatchResult:
-        """Past the completion window: the shards in flight were stopped like a cancel
-        stops them; what finished is merged into the output and error files."""
-        workflow.logger.info("batch %s: completion window over, expiring", params.batch_id)
-        merged = await self._merge(params, progress, "expired")
-        self._publish(
-            status="expired",
-            expired_at=self._now(),
-            request_counts=self._merged_counts(progress, merged),
-        )
+    async def _finish(
+        self,
+        params: BatchInput,
+        progress: BatchProgress,
+        status: Literal["completed", "cancelled", "expired"],
+        message: str = "",
+    ) -> BatchResult:
+        """Merges what finished into the output and error files (after a cancel, a budget
+        stop or an expiry, the shards in flight were stopped first and kept their answers)
+        and publishes the final status with its timestamp."""
+        merged = await self._merge(params, progress, status)
+        changes: dict[str, Any] = {
+            "status": status,
+            f"{status}_at": self._now(),
+            "request_counts": self._merged_counts(progress, merged),
+        }
+        if message:
+            changes["errors"] = BatchErrors(message=message)
+        self._publish(**changes)
         return BatchResult(
             batch_id=params.batch_id,
-            status="expired",
+            status=status,
             total=progress.total,
             completed=merged.completed,
             failed=merged.failed,
@@ -348,27 +340,6 @@ class BatchWorkflow:
         return (
             f"budget reached: the batch cost ${cost:.4f} of its max_cost_usd "
             f"${params.max_cost_usd:g}; stopped as a cancel does, finished results kept"
-        )
-
-    async def _stop_for_budget(
-        self, params: BatchInput, progress: BatchProgress, message: str
-    ) -> BatchResult:
-        self._publish_cancelling()
-        merged = await self._merge(params, progress, "cancelled")
-        self._publish(
-            status="cancelled",
-            cancelled_at=self._now(),
-            errors=BatchErrors(message=message),
-            request_counts=self._merged_counts(progress, merged),
-        )
-        return BatchResult(
-            batch_id=params.batch_id,
-            status="cancelled",
-            total=progress.total,
-            completed=merged.completed,
-            failed=merged.failed,
-            output_key=merged.output_key,
-            error_key=merged.error_key,
         )
 
     async def _window(self, params: BatchInput) -> int:
