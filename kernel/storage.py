@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 
 import urllib3
 from minio import Minio
@@ -62,3 +63,15 @@ async def check_bucket(client: Minio, bucket: str) -> None:
         raise StorageUnavailable(f"S3 is not answering: {exc}") from exc
     if not exists:
         raise StorageUnavailable(f"bucket {bucket!r} does not exist")
+
+
+def stream_object(
+    client: Minio, bucket: str, key: str, chunk_bytes: int = 256 * 1024
+) -> Iterator[bytes]:
+    """An object's bytes in chunks, its connection released however the reader stops."""
+    response = client.get_object(bucket, key)
+    try:
+        yield from response.stream(chunk_bytes)
+    finally:
+        response.close()
+        response.release_conn()

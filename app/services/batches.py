@@ -47,10 +47,10 @@ from kernel.contract import (
 )
 from kernel.lines import LineError, check_json_value
 from kernel.results import ShardResults
+from kernel.storage import stream_object
 
 logger = logging.getLogger(__name__)
 
-STREAM_CHUNK_BYTES = 256 * 1024
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 # Starting a workflow while Temporal is away fails after this long (503), not a minute.
 START_TIMEOUT = timedelta(seconds=10)
@@ -403,14 +403,6 @@ class BatchService:
 
     # Results ---------------------------------------------------------------------------
 
-    def _stream_object(self, key: str) -> Iterator[bytes]:
-        response = self.s3.get_object(self.bucket, key)
-        try:
-            yield from response.stream(STREAM_CHUNK_BYTES)
-        finally:
-            response.close()
-            response.release_conn()
-
     def _exists(self, key: str) -> bool:
         try:
             self.s3.stat_object(self.bucket, key)
@@ -442,5 +434,5 @@ class BatchService:
             except (S3Error, OSError, urllib3.exceptions.HTTPError) as exc:
                 raise ServiceUnavailable(f"S3 is not answering: {exc}") from exc
             if merged:
-                return batch, self._stream_object(key), False
+                return batch, stream_object(self.s3, self.bucket, key), False
         return batch, self._stream_partial(batch, successes=not errors), True

@@ -43,6 +43,7 @@ from kernel.contract import (
     input_key,
     output_key,
 )
+from kernel.storage import stream_object
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,7 +51,6 @@ T = TypeVar("T")
 FilePurpose = Literal["batch", "batch_output"]
 UPLOAD_PURPOSES = ("batch",)
 PART_BYTES = 16 * 1024 * 1024
-STREAM_CHUNK_BYTES = 256 * 1024
 _META_FILENAME = "filename"
 _META_PURPOSE = "purpose"
 _META_CREATED = "created-at"
@@ -267,17 +267,9 @@ class FileService:
 
     # Content ---------------------------------------------------------------------------
 
-    def _chunks(self, key: str) -> Iterator[bytes]:
-        response = self.s3.get_object(self.bucket, key)
-        try:
-            yield from response.stream(STREAM_CHUNK_BYTES)
-        finally:
-            response.close()
-            response.release_conn()
-
     async def content(self, file_id: str) -> tuple[StoredFile, Iterator[bytes]]:
         stored = await self.get(file_id)
-        return stored, self._chunks(stored.key)
+        return stored, stream_object(self.s3, self.bucket, stored.key)
 
     async def delete(self, file_id: str) -> StoredFile:
         stored = await self.get(file_id)
