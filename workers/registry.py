@@ -1,5 +1,6 @@
-"""What each worker runs: the CPU worker runs workflows and I/O activities, the GPU worker
-runs inference activities against the local llama-server."""
+"""What each worker runs: the CPU worker runs batch workflows and I/O activities, the GPU
+worker runs inference activities against the local llama-server, and the single-request
+workflow whose request it runs as a local activity (one task hand-over instead of three)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def build_registry(queue: str, settings: Settings) -> Registry:
         ensure_bucket(s3, settings.MINIO_BUCKET)
         io = BatchIOActivities(s3)
         return Registry(
-            workflows=[BatchWorkflow, ProcessWorkflow],
+            workflows=[BatchWorkflow],
             activities=[io.split_input, io.merge_results],
             max_concurrent_activities=CPU_CONCURRENT_ACTIVITIES,
             activity_executor=ThreadPoolExecutor(
@@ -59,6 +60,7 @@ def build_registry(queue: str, settings: Settings) -> Registry:
     )
     inference = InferenceActivities(s3, llama, settings.box_name)
     return Registry(
+        workflows=[ProcessWorkflow],
         activities=[inference.run_shard, inference.process_request],
         max_concurrent_activities=GPU_CONCURRENT_SHARDS + PROCESS_REQUESTS_ROOM,
         _llama=llama,

@@ -52,7 +52,8 @@ class ProcessService:
                     gpu_task_queue=self.settings.GPU_TASK_QUEUE,
                 ),
                 id=process_id,
-                task_queue=self.settings.CPU_TASK_QUEUE,
+                # The GPU worker runs the workflow and, as a local activity, the request.
+                task_queue=self.settings.GPU_TASK_QUEUE,
                 result_type=ProcessResult,
             )
         except RPCError as exc:
