@@ -10,6 +10,10 @@ Boots its own stack (local mode, tiny model, free ports, temporary folder) unles
   ratio      pipeline items/s ÷ direct items/s (target ≥ 0.9)
   cold start POST /batch with both workers stopped → first result line readable
   /process   latency of POST /process against a direct call (p50, p95, overhead)
+  /v1        the same for POST /v1/chat/completions when the API has that route
+             (a 404 skips it with a note)
+
+--latency-only measures only the last two (sequential calls, --process-calls of each).
 
 Direct and pipeline runs alternate (--repeat times) so both see the same machine load.
 Prints a table and writes the figures as JSON (--json).
@@ -115,28 +119,128 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
-def process_latency(api: httpx.Client, llama_url: str, count: int) -> dict[str, float]:
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0}
+SYNC_BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0}
+
+
+def served_model(api: httpx.Client) -> str | None:
+    """The model GET /v1/models lists, or None when the API has no /v1 routes."""
+    response = api.get("/v1/models")
+    if response.status_code != 200:
+        return None
+    models = response.json().get("data") or []
+    return str(models[0]["id"]) if models else "default"
+
+
+def latency_summary(direct_ms: list[float], path_ms: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": statistics.median(path_ms),
+        "p95_ms": percentile(path_ms, 95),
+        "overhead_p50_ms": statistics.median(path_ms) - statistics.median(direct_ms),
+        "overhead_p95_ms": percentile(path_ms, 95) - percentile(direct_ms, 95),
+    }
+
+
+def process_latency(api: httpx.Client, llama_url: str, count: int) -> dict[str, Any]:
+    """Sequential calls, interleaved (direct, /process, /v1) so all see the same load."""
+    v1_model = served_model(api)
+    v1_body = None
+    if v1_model is not None:
+        v1_body = {**SYNC_BODY, "model": v1_model}
+        probe = api.post("/v1/chat/completions", json=v1_body)
+        if probe.status_code == 404:
+            v1_body = None
+    if v1_body is None:
+        print("  note: POST /v1/chat/completions answers 404 on this API; measuring /process only")
     direct_ms: list[float] = []
     process_ms: list[float] = []
+    v1_ms: list[float] = []
+
+    def timed(client: httpx.Client, path: str, body: dict[str, Any], into: list[float]) -> None:
+        started = time.perf_counter()
+        response = client.post(path, json=body)
+        elapsed = (time.perf_counter() - started) * 1000
+        if response.status_code != 200:
+            raise SystemExit(f"{path} answered {response.status_code}: {response.text}")
+        into.append(elapsed)
+
     with httpx.Client(base_url=llama_url, timeout=60) as llama:
         for _ in range(count):
-            started = time.perf_counter()
-            llama.post("/v1/chat/completions", json=body).raise_for_status()
-            direct_ms.append((time.perf_counter() - started) * 1000)
-            started = time.perf_counter()
-            response = api.post("/process", json=body)
-            if response.status_code != 200:
-                raise SystemExit(f"/process answered {response.status_code}: {response.text}")
-            process_ms.append((time.perf_counter() - started) * 1000)
-    return {
+            timed(llama, "/v1/chat/completions", SYNC_BODY, direct_ms)
+            timed(api, "/process", SYNC_BODY, process_ms)
+            if v1_body is not None:
+                timed(api, "/v1/chat/completions", v1_body, v1_ms)
+    figures: dict[str, Any] = {
+        "calls": count,
         "direct_p50_ms": statistics.median(direct_ms),
         "direct_p95_ms": percentile(direct_ms, 95),
-        "process_p50_ms": statistics.median(process_ms),
-        "process_p95_ms": percentile(process_ms, 95),
-        "overhead_p50_ms": statistics.median(process_ms) - statistics.median(direct_ms),
-        "overhead_p95_ms": percentile(process_ms, 95) - percentile(direct_ms, 95),
+        "process": latency_summary(direct_ms, process_ms),
+        "v1_chat": latency_summary(direct_ms, v1_ms) if v1_ms else None,
     }
+    return figures
+
+
+def print_latency(figures: dict[str, Any]) -> None:
+    print(
+        f"\nsynchronous path, {figures['calls']} sequential calls each "
+        f"(p50 / p95 in ms; overhead = path - direct)"
+    )
+    direct_p50, direct_p95 = figures["direct_p50_ms"], figures["direct_p95_ms"]
+    print(f"  direct llama-server         {direct_p50:7.1f} / {direct_p95:7.1f}")
+    for label, key in (("POST /process", "process"), ("POST /v1/chat/completions", "v1_chat")):
+        row = figures[key]
+        if row is None:
+            print(f"  {label:27s} skipped (404)")
+            continue
+        print(
+            f"  {label:27s} {row['p50_ms']:7.1f} / {row['p95_ms']:7.1f}   "
+            f"overhead {row['overhead_p50_ms']:6.1f} / {row['overhead_p95_ms']:6.1f}"
+            f"   (target p50 <= 30)"
+        )
+
+
+def throughput(api: httpx.Client, llama_url: str, stack: Stack | None, args: Any) -> dict[str, Any]:
+    figures: dict[str, Any] = {"n": args.count, "max_tokens": args.max_tokens}
+    cold = cold_start(api, stack)
+    # Warm both paths: workers polling, llama-server's caches and slots.
+    asyncio.run(direct(llama_url, prompts(40, args.max_tokens, "warm")))
+    pipeline(api, prompts(40, args.max_tokens, "warm"))
+    direct_s: list[float] = []
+    pipeline_s: list[float] = []
+    slots = 0
+    for run in range(args.repeat):
+        seconds, slots = asyncio.run(
+            direct(llama_url, prompts(args.count, args.max_tokens, f"d{run}"))
+        )
+        direct_s.append(seconds)
+        pipeline_s.append(pipeline(api, prompts(args.count, args.max_tokens, f"p{run}")))
+    direct_rate = args.count / statistics.median(direct_s)
+    pipeline_rate = args.count / statistics.median(pipeline_s)
+    figures.update(
+        slots=slots,
+        direct_items_per_s=direct_rate,
+        pipeline_items_per_s=pipeline_rate,
+        ratio=pipeline_rate / direct_rate,
+        direct_seconds=direct_s,
+        pipeline_seconds=pipeline_s,
+        cold_start=cold,
+    )
+    return figures
+
+
+def print_throughput(figures: dict[str, Any]) -> None:
+    print(
+        f"\n{figures['n']} chat requests, max_tokens {figures['max_tokens']}, "
+        f"{figures['slots']} slots"
+    )
+    print(f"  direct llama-server  {figures['direct_items_per_s']:8.1f} items/s")
+    print(f"  POST /batch          {figures['pipeline_items_per_s']:8.1f} items/s")
+    print(f"  ratio (batch/direct) {figures['ratio']:8.3f}   (target >= 0.9)")
+    cold = figures["cold_start"]
+    if cold:
+        print(
+            f"  cold start: first result {cold['first_result_s']:.2f}s, "
+            f"completed {cold['completed_s']:.2f}s (workers stopped before the POST)"
+        )
 
 
 def main() -> int:
@@ -144,7 +248,14 @@ def main() -> int:
     parser.add_argument("-n", "--count", type=int, default=2000)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--process-calls", type=int, default=100)
+    parser.add_argument(
+        "--process-calls", type=int, default=200, help="sequential calls per synchronous path"
+    )
+    parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="measure only the synchronous paths (/process, /v1/chat/completions)",
+    )
     parser.add_argument("--api", help="use a running API (default: boot a stack)")
     parser.add_argument("--llama", help="llama-server URL of that running stack")
     parser.add_argument("--api-key", default="")
@@ -165,54 +276,23 @@ def main() -> int:
         print(f"stack healthy in {stack.started_seconds:.1f}s", flush=True)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     api = httpx.Client(base_url=api_url, headers=headers, timeout=120)
+    figures: dict[str, Any] = {}
     try:
-        figures: dict[str, Any] = {"n": args.count, "max_tokens": args.max_tokens}
-        cold = cold_start(api, stack)
-        # Warm both paths: workers polling, llama-server's caches and slots.
-        asyncio.run(direct(llama_url, prompts(40, args.max_tokens, "warm")))
-        pipeline(api, prompts(40, args.max_tokens, "warm"))
-        direct_s: list[float] = []
-        pipeline_s: list[float] = []
-        slots = 0
-        for run in range(args.repeat):
-            seconds, slots = asyncio.run(
-                direct(llama_url, prompts(args.count, args.max_tokens, f"d{run}"))
-            )
-            direct_s.append(seconds)
-            pipeline_s.append(pipeline(api, prompts(args.count, args.max_tokens, f"p{run}")))
-        direct_rate = args.count / statistics.median(direct_s)
-        pipeline_rate = args.count / statistics.median(pipeline_s)
-        figures.update(
-            slots=slots,
-            direct_items_per_s=direct_rate,
-            pipeline_items_per_s=pipeline_rate,
-            ratio=pipeline_rate / direct_rate,
-            direct_seconds=direct_s,
-            pipeline_seconds=pipeline_s,
-            cold_start=cold,
-            process=process_latency(api, llama_url, args.process_calls),
-        )
+        if not args.latency_only:
+            figures["throughput"] = throughput(api, llama_url, stack, args)
+        # Warm the synchronous path (worker start, sticky cache, connections) first.
+        for _ in range(20):
+            api.post("/process", json=SYNC_BODY).raise_for_status()
+        figures["latency"] = process_latency(api, llama_url, args.process_calls)
     finally:
         api.close()
         if stack is not None:
             stack.stop()
         workdir.cleanup()
 
-    print(f"\n{args.count} chat requests, max_tokens {args.max_tokens}, {slots} slots")
-    print(f"  direct llama-server  {figures['direct_items_per_s']:8.1f} items/s")
-    print(f"  POST /batch          {figures['pipeline_items_per_s']:8.1f} items/s")
-    print(f"  ratio (batch/direct) {figures['ratio']:8.3f}   (target >= 0.9)")
-    if cold:
-        print(
-            f"  cold start: first result {cold['first_result_s']:.2f}s, "
-            f"completed {cold['completed_s']:.2f}s (workers stopped before the POST)"
-        )
-    p = figures["process"]
-    print(
-        f"  /process p50 {p['process_p50_ms']:.1f} ms vs direct {p['direct_p50_ms']:.1f} ms "
-        f"(overhead {p['overhead_p50_ms']:.1f} ms); p95 {p['process_p95_ms']:.1f} vs "
-        f"{p['direct_p95_ms']:.1f} ms (overhead {p['overhead_p95_ms']:.1f} ms)"
-    )
+    if "throughput" in figures:
+        print_throughput(figures["throughput"])
+    print_latency(figures["latency"])
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0

@@ -36,6 +36,10 @@ run_temporal() {
     --dynamic-config-value frontend.enableServerVersionCheck=false
     # Task queue stats are cached 5 s by default; /queues and the reconciler want them fresh.
     --dynamic-config-value 'matching.TaskQueueInfoByBuildIdTTL="200ms"'
+    # The dev server has one history shard, and each shard reads its transfer queue (the
+    # tasks that hand a workflow or activity task to matching) at most 20 times a second:
+    # past the limiter's burst every hand-over waited ~50 ms. See docs/latency.md.
+    --dynamic-config-value history.transferProcessorMaxPollRPS=1000
     --log-level warn
   )
   exec temporal "${args[@]}"

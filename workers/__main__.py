@@ -118,11 +118,12 @@ async def run(queue: str, settings: Settings) -> int:
             identity=identity,
         )
     ]
-    if registry.urgent_activities:
+    if registry.urgent_workflows or registry.urgent_activities:
         workers.append(
             Worker(
                 client,
                 task_queue=settings.gpu_urgent_task_queue,
+                workflows=registry.urgent_workflows,
                 activities=registry.urgent_activities,
                 interceptors=[tracker],
                 graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,

@@ -1,5 +1,7 @@
-"""What each worker runs: the CPU worker runs workflows and I/O activities, the GPU worker
-runs inference activities against the local llama-server."""
+"""What each worker runs: the CPU worker runs batch workflows and I/O activities, the GPU
+worker runs inference activities against the local llama-server and, on its urgent queue,
+the single-request workflow whose request it runs as a local activity (one task hand-over
+instead of three, and room that batch shards never take)."""
 
 from __future__ import annotations
 
@@ -38,7 +40,9 @@ class Registry:
     max_concurrent_activities: int | None = None
     activity_executor: ThreadPoolExecutor | None = None
     max_heartbeat_throttle_interval: timedelta = timedelta(seconds=60)  # the SDK's default
-    # Activities also served on Settings.gpu_urgent_task_queue, with room of their own.
+    # Workflows and activities served on Settings.gpu_urgent_task_queue, with room of their
+    # own: the single-request workflow and its request, run there as a local activity.
+    urgent_workflows: Sequence[type] = ()
     urgent_activities: Sequence[Callable[..., Any]] = ()
     urgent_max_concurrent_activities: int | None = None
     _llama: LlamaClient | None = field(default=None, repr=False)
@@ -64,7 +68,7 @@ def build_registry(queue: str, settings: Settings) -> Registry:
         ensure_bucket(s3, settings.MINIO_BUCKET)
         io = BatchIOActivities(s3)
         return Registry(
-            workflows=[BatchWorkflow, ProcessWorkflow],
+            workflows=[BatchWorkflow],
             activities=[io.split_input, io.merge_results, CapacityActivities(s3).live_capacity],
             max_concurrent_activities=CPU_CONCURRENT_ACTIVITIES,
             activity_executor=ThreadPoolExecutor(
@@ -81,6 +85,7 @@ def build_registry(queue: str, settings: Settings) -> Registry:
         activities=[inference.run_shard, inference.process_request],
         max_concurrent_activities=GPU_CONCURRENT_SHARDS + PROCESS_REQUESTS_ROOM,
         max_heartbeat_throttle_interval=GPU_HEARTBEAT_THROTTLE,
+        urgent_workflows=[ProcessWorkflow],
         urgent_activities=[inference.process_request],
         urgent_max_concurrent_activities=PROCESS_REQUESTS_ROOM,
         _llama=llama,

@@ -58,7 +58,9 @@ class ProcessService:
                     gpu_task_queue=self.settings.gpu_urgent_task_queue,
                 ),
                 id=process_id,
-                task_queue=self.settings.CPU_TASK_QUEUE,
+                # The GPU worker runs the workflow and, as a local activity, the request, on
+                # a queue of its own that batch shards never fill.
+                task_queue=self.settings.gpu_urgent_task_queue,
                 result_type=ProcessResult,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,

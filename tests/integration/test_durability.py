@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 
 import pytest
@@ -133,3 +134,33 @@ def test_cancel_shows_even_before_the_workflow_has_seen_it(stack: Stack) -> None
     assert len(output) == done["request_counts"]["completed"] >= SHARD
     ids = [line["custom_id"] for line in output]
     assert len(ids) == len(set(ids))
+
+
+def test_sigkill_of_the_gpu_worker_mid_request_still_answers(stack: Stack) -> None:
+    """The single-request workflow runs its request as a local activity on the GPU worker:
+    a worker killed while the request is in flight must not lose it."""
+    stack.http.post("/process", json={"prompt": "warm", "max_tokens": 2}).raise_for_status()
+    # With llama-server stopped the request keeps retrying inside the GPU worker.
+    assert "llama: stopped" in stack.supervisorctl("stop", "llama")
+    try:
+        pending = stack.http.post(
+            "/process",
+            json={"custom_id": "survivor", "prompt": "hello", "max_tokens": 4, "timeout_s": 1},
+        )
+        assert pending.status_code == 202, pending.text
+        pid = stack.program_pid("worker-gpu")
+        assert pid > 0
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        assert "llama: started" in stack.supervisorctl("start", "llama")
+    stack.wait_healthy(60)
+    process_id = pending.json()["id"]
+    deadline = time.monotonic() + 120
+    while (polled := stack.http.get(f"/process/{process_id}")).status_code == 202:
+        assert time.monotonic() < deadline, stack.logs_tail()
+        time.sleep(0.25)
+    assert polled.status_code == 200, polled.text
+    body = polled.json()
+    assert body["status"] == "completed", body
+    assert body["output"]["custom_id"] == "survivor"
+    assert body["output"]["response"]["status_code"] == 200

@@ -201,16 +201,25 @@ def test_process_requests_run_on_the_gpu_workers_urgent_queue(stack: Stack) -> N
     response = stack.http.post("/process", json={"prompt": "hi", "max_tokens": 2, "timeout_s": 60})
     assert response.status_code == 200, response.text
 
-    async def activity_queues() -> list[str]:
+    async def queues() -> tuple[str, list[str], int]:
         client = await Client.connect(stack.env["TEMPORAL_ADDRESS"])
         history = await client.get_workflow_handle(response.json()["id"]).fetch_history()
-        return [
+        started = history.events[0].workflow_execution_started_event_attributes
+        activities = [
             event.activity_task_scheduled_event_attributes.task_queue.name
             for event in history.events
             if event.HasField("activity_task_scheduled_event_attributes")
         ]
+        markers = sum(
+            1 for event in history.events if event.HasField("marker_recorded_event_attributes")
+        )
+        return started.task_queue.name, activities, markers
 
-    assert asyncio.run(activity_queues()) == [f"{stack.env['GPU_TASK_QUEUE']}-urgent"]
+    workflow_queue, activity_queues, local_activities = asyncio.run(queues())
+    # The workflow runs there, and its request as a local activity (one task hand-over).
+    assert workflow_queue == f"{stack.env['GPU_TASK_QUEUE']}-urgent"
+    assert activity_queues == []
+    assert local_activities == 1
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,11 @@
-"""One request, run on the GPU queue; the API waits for the result up to its timeout."""
+"""One request, run on the GPU queue: the GPU worker runs this workflow and the request itself
+as a local activity, so a request costs one task hand-over (see docs/latency.md).
+
+Durable all the same: a worker that dies mid-request loses its workflow task, which times
+out and goes to the next GPU worker, which runs the request again. Priority over batch
+shards stays with the request: the local activity runs in the GPU worker's process and asks
+its llama-server client for an urgent slot.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +14,24 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
-with workflow.unsafe.imports_passed_through():
-    from kernel.contract import PROCESS_WORKFLOW, ProcessInput, ProcessResult
-    from workers.activities.inference import InferenceActivities
+from kernel.contract import PROCESS_WORKFLOW, ProcessInput, ProcessResult
+from workers.activities.inference import InferenceActivities
+
+# The SDK keeps a long local activity's workflow task alive by itself, so a request may take
+# as long as a normal activity would.
+REQUEST_TIMEOUT = timedelta(minutes=30)
 
 
-@workflow.defn(name=PROCESS_WORKFLOW)
+# Not sandboxed: the workflow only calls one local activity, and the sandbox's per-run set-up
+# costs ~6 ms of CPU a request, which on a box whose cores also feed llama-server is latency.
+@workflow.defn(name=PROCESS_WORKFLOW, sandboxed=False)
 class ProcessWorkflow:
     @workflow.run
     async def run(self, params: ProcessInput) -> ProcessResult:
-        return await workflow.execute_activity_method(
+        return await workflow.execute_local_activity_method(
             InferenceActivities.process_request,
             params,
-            task_queue=params.gpu_task_queue,
-            start_to_close_timeout=timedelta(minutes=30),
+            start_to_close_timeout=REQUEST_TIMEOUT,
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(milliseconds=500),
                 maximum_interval=timedelta(seconds=10),
