@@ -36,7 +36,7 @@ OPERATIONS = [
 def api_url(tmp_path: Path) -> Iterator[str]:
     launcher = Launcher(tmp_path)
     try:
-        env = launcher.environment(API_KEY="docs-test-key")
+        env = launcher.environment(API_KEY="docs-test-key-0123456")
         launcher.api(env)
         yield f"http://127.0.0.1:{env['API_PORT']}"
     finally:

@@ -207,8 +207,8 @@ def test_url_and_key_come_from_flags_then_environment_then_env_file(
         monkeypatch.delenv(name, raising=False)
     for name in Settings.model_fields:
         monkeypatch.delenv(name, raising=False)
-    (tmp_path / ".env").write_text("API_PORT=8123\nAPI_KEY=from-file\n")
-    assert resolve(None, None) == Target("http://127.0.0.1:8123", "from-file", 50_000)
+    (tmp_path / ".env").write_text("API_PORT=8123\nAPI_KEY=from-file-0123456789\n")
+    assert resolve(None, None) == Target("http://127.0.0.1:8123", "from-file-0123456789", 50_000)
     monkeypatch.setenv("LLM_BATCH_URL", "http://env:1/")
     monkeypatch.setenv("LLM_BATCH_API_KEY", "from-env")
     assert resolve(None, None).url == "http://env:1"

@@ -26,13 +26,13 @@ from kernel.contract import (
 )
 from tests.unit.test_api import settings
 
-AUTH = {"Authorization": "Bearer sekret"}
+AUTH = {"Authorization": "Bearer sekret-0123456789"}
 BATCH_ID = "batch_" + "a" * 32
 
 
 @pytest.fixture
 def keyed(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(settings(tmp_path, API_KEY="sekret"))) as client:
+    with TestClient(create_app(settings(tmp_path, API_KEY="sekret-0123456789"))) as client:
         yield client
 
 
