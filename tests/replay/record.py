@@ -3,7 +3,8 @@
     make record-histories            # or: python -m tests.replay.record
 
 Runs every workflow of the project through its paths (a batch that completes, one that
-continues as new, one without a valid line, one cancelled, a single /process request) on a
+continues as new, one without a valid line, one cancelled, one expired, one stopped by its
+budget, one following the fleet's capacity, a single /process request) on a
 private Temporal dev server, with the real workflow code and the activities replaced under
 their real names, then writes each history as JSON to tests/replay/histories/. Re-record
 after a deliberate workflow change that is guarded by `workflow.patched` (keep the old
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +29,8 @@ from temporalio.worker import Worker
 
 from kernel.contract import (
     BatchInput,
+    CapacityInput,
+    CapacityResult,
     MergeInput,
     MergeResult,
     ProcessInput,
@@ -87,12 +91,22 @@ class Activities:
             error_key=f"batches/{params.batch_id}/errors.jsonl",
         )
 
+    @activity.defn(name="live_capacity")
+    async def live_capacity(self, params: CapacityInput) -> CapacityResult:
+        return CapacityResult(shards=3, boxes=1, slots=4)
+
     @activity.defn(name="process_request")
     async def process_request(self, params: ProcessInput) -> ProcessResult:
         return ProcessResult(output={"custom_id": params.request["custom_id"], "error": None})
 
     def all(self) -> list[Callable[..., Awaitable[object]]]:
-        return [self.split_input, self.run_shard, self.merge_results, self.process_request]
+        return [
+            self.split_input,
+            self.run_shard,
+            self.merge_results,
+            self.live_capacity,
+            self.process_request,
+        ]
 
 
 async def _batch(
@@ -183,6 +197,24 @@ async def record(out: Path) -> list[Path]:
             "batch-no-valid-line": await _batch(client, "invalid", Activities(0, invalid=3)),
             "batch-cancelled": await _batch(
                 client, "cancelled", Activities(40, shard_delay=0.1), cancel_after=2, window=2
+            ),
+            "batch-expired": await _batch(
+                client,
+                "expired",
+                Activities(40, shard_delay=0.2),
+                window=2,
+                expires_at=int(time.time()) + 2,
+            ),
+            "batch-budget": await _batch(
+                client,
+                "budget",
+                Activities(10),
+                window=1,
+                gpu_price_per_hour=3600.0,
+                max_cost_usd=0.025,
+            ),
+            "batch-follow-capacity": await _batch(
+                client, "capacity", Activities(6), window=1, follow_capacity=True
             ),
             "process": await _process(client),
         }
