@@ -217,7 +217,7 @@ def test_url_and_key_come_from_flags_then_environment_then_env_file(
     # A laptop that deploys to Vast reaches the API through `./deploy_vast.sh tunnel`.
     tunnelled = Settings(_env_file=None, VAST_HOST="1.2.3.4", TUNNEL_API_PORT=18000)
     assert default_url(tunnelled) == "http://127.0.0.1:18000"
-    assert default_url(Settings(_env_file=None, API_HOST="0.0.0.0", API_KEY="k")) == (
+    assert default_url(Settings(_env_file=None, API_HOST="0.0.0.0", API_KEY="k" * 16)) == (
         "http://127.0.0.1:8000"
     )
 
