@@ -158,6 +158,9 @@ class BatchStatus(BaseModel):
     error_key: str | None = None
     request_counts: RequestCounts = Field(default_factory=RequestCounts)
     errors: BatchErrors | None = None
+    first_error: str | None = Field(
+        default=None, description="The first invalid input line's problem, if any."
+    )
     shard_count: int = 0
     usage: Usage = Field(default_factory=Usage)
     gpu_seconds: float = Field(

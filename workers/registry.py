@@ -68,7 +68,8 @@ def build_registry(queue: str, settings: Settings) -> Registry:
         ensure_bucket(s3, settings.MINIO_BUCKET)
         io = BatchIOActivities(s3)
         return Registry(
-            workflows=[BatchWorkflow],
+            # ProcessWorkflow only for requests started before it moved to the GPU worker.
+            workflows=[BatchWorkflow, ProcessWorkflow],
             activities=[io.split_input, io.merge_results, CapacityActivities(s3).live_capacity],
             max_concurrent_activities=CPU_CONCURRENT_ACTIVITIES,
             activity_executor=ThreadPoolExecutor(

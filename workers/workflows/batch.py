@@ -202,6 +202,8 @@ class BatchWorkflow:
             heartbeat_timeout=IO_HEARTBEAT,
             retry_policy=IO_RETRY,
         )
+        if split.first_error:
+            self._publish(first_error=split.first_error)
         self._publish(shard_count=split.shard_count, in_progress_at=self._now())
         progress = BatchProgress(
             total=split.total,

@@ -20,6 +20,14 @@ from workers.activities.inference import InferenceActivities
 # The SDK keeps a long local activity's workflow task alive by itself, so a request may take
 # as long as a normal activity would.
 REQUEST_TIMEOUT = timedelta(minutes=30)
+REQUEST_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=10,
+)
+# Requests started by earlier code ran on the CPU queue and sent the request to the GPU
+# queue as a normal activity; they finish that way after a deploy.
+LOCAL_REQUEST = "request-as-local-activity"
 
 
 # Not sandboxed: the workflow only calls one local activity, and the sandbox's per-run set-up
@@ -28,13 +36,17 @@ REQUEST_TIMEOUT = timedelta(minutes=30)
 class ProcessWorkflow:
     @workflow.run
     async def run(self, params: ProcessInput) -> ProcessResult:
+        if not workflow.patched(LOCAL_REQUEST):
+            return await workflow.execute_activity_method(
+                InferenceActivities.process_request,
+                params,
+                task_queue=params.gpu_task_queue,
+                start_to_close_timeout=REQUEST_TIMEOUT,
+                retry_policy=REQUEST_RETRY,
+            )
         return await workflow.execute_local_activity_method(
             InferenceActivities.process_request,
             params,
             start_to_close_timeout=REQUEST_TIMEOUT,
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(milliseconds=500),
-                maximum_interval=timedelta(seconds=10),
-                maximum_attempts=10,
-            ),
+            retry_policy=REQUEST_RETRY,
         )
