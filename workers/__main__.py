@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Sequence
 from datetime import timedelta
 
 from temporalio.client import Client
@@ -70,28 +71,32 @@ async def connect_with_retry(
             delay = min(delay * 2, 5.0)
 
 
-async def has_running_workflows(client: Client, task_queue: str) -> bool:
-    """Workflows in progress on this queue still need this worker for their next steps."""
+async def has_running_workflows(client: Client, task_queues: Sequence[str]) -> bool:
+    """Workflows in progress on these queues still need this worker for their next steps
+    (a workflow task of a worker that died comes back only after its timeout)."""
     try:
-        count = await client.count_workflows(
-            f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
-        )
+        for task_queue in task_queues:
+            count = await client.count_workflows(
+                f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
+            )
+            if count.count > 0:
+                return True
     except Exception as exc:  # visibility trouble must not keep a worker forever
         logger.debug("could not count running workflows: %s", exc)
-        return False
-    return count.count > 0
+    return False
 
 
 async def wait_until_idle(
-    tracker: IdleTracker, idle_seconds: float, client: Client, task_queue: str, runs_workflows: bool
+    tracker: IdleTracker, idle_seconds: float, client: Client, workflow_queues: Sequence[str]
 ) -> None:
     last_workflow_check = 0.0
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(IDLE_CHECK_SECONDS)
-        if runs_workflows and loop.time() - last_workflow_check >= RUNNING_WORKFLOWS_CHECK_SECONDS:
+        due = loop.time() - last_workflow_check >= RUNNING_WORKFLOWS_CHECK_SECONDS
+        if workflow_queues and due:
             last_workflow_check = loop.time()
-            if await has_running_workflows(client, task_queue):
+            if await has_running_workflows(client, workflow_queues):
                 tracker.touch()
         if tracker.idle_seconds() >= idle_seconds:
             return
@@ -143,11 +148,12 @@ async def run(queue: str, settings: Settings) -> int:
     stop_task = asyncio.create_task(stop.wait())
     waiters: set[asyncio.Task[object]] = {*worker_tasks, stop_task}
     idle_limit = settings.WORKER_IDLE_EXIT_SECONDS
+    workflow_queues = [task_queue] if registry.workflows else []
+    if registry.urgent_workflows:
+        workflow_queues.append(settings.gpu_urgent_task_queue)
     if idle_limit > 0:
         waiters.add(
-            asyncio.create_task(
-                wait_until_idle(tracker, idle_limit, client, task_queue, bool(registry.workflows))
-            )
+            asyncio.create_task(wait_until_idle(tracker, idle_limit, client, workflow_queues))
         )
     done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     for worker_task in worker_tasks:

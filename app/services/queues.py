@@ -134,6 +134,21 @@ class Reconciler:
                     )
                     logger.info("reconciler: %s %s; started %s", state.name, why, result.program)
                     started.append(result.program)
+        gpu = WORKER_PROGRAMS["gpu"]
+        if programs is not None and programs.get(gpu) not in RUNNING_STATES and gpu not in started:
+            # Single requests wait on the GPU worker's urgent queue (a task of a worker that
+            # died comes back there after its timeout): they need that worker too.
+            urgent = await self.temporal.describe_task_queue(self.settings.gpu_urgent_task_queue)
+            if urgent.backlog > 0:
+                result = await self.supervisor.start(gpu)
+                if result.outcome == "started":
+                    logger.info(
+                        "reconciler: %s has %d waiting request(s); started %s",
+                        urgent.name,
+                        urgent.backlog,
+                        gpu,
+                    )
+                    started.append(gpu)
         return started
 
     async def _fleet_needs_this_box(self) -> bool:
