@@ -56,4 +56,4 @@ bench-scale: setup ## 100,000 lines through one batch: memory and history length
 	@$(PYTHON) bench/scale.py
 
 clean: down ## Stop everything and delete local data (S3 objects, Temporal history, logs)
-	rm -rf data
+	@bash scripts/clean.sh
