@@ -210,10 +210,13 @@ def test_process_requests_run_on_the_gpu_workers_urgent_queue(stack: Stack) -> N
             for event in history.events
             if event.HasField("activity_task_scheduled_event_attributes")
         ]
-        markers = sum(
-            1 for event in history.events if event.HasField("marker_recorded_event_attributes")
+        local_activities = sum(
+            1
+            for event in history.events
+            if event.HasField("marker_recorded_event_attributes")
+            and event.marker_recorded_event_attributes.marker_name == "core_local_activity"
         )
-        return started.task_queue.name, activities, markers
+        return started.task_queue.name, activities, local_activities
 
     workflow_queue, activity_queues, local_activities = asyncio.run(queues())
     # The workflow runs there, and its request as a local activity (one task hand-over).
