@@ -353,6 +353,9 @@ class BatchService:
             batch = batch_status(execution.id, execution.status, await execution.memo())
             started = execution.start_time.timestamp() if execution.start_time else 0.0
             key = (batch.created_at or int(started), started, execution.id)
+            if key in found:  # listed twice: it closed between the two listings
+                found[key] = batch
+                return
             found[key] = batch
             heapq.heappush(newest, key)
             if len(newest) > limit:

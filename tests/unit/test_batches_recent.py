@@ -101,3 +101,27 @@ async def test_stops_reading_closed_batches_once_none_can_be_newer() -> None:
     assert listed == ["b99", "running", "b98"]
     # b97 closed at 98, not before the oldest kept creation (98): read; b96 closed at 97 stops.
     assert client.read == ["running", "b99", "b98", "b97", "b96"]
+
+
+class ClosingMeanwhileClient(FakeClient):
+    """A batch that closes between the two listings shows up in both."""
+
+    async def list_workflows(self, query: str, **kwargs: Any) -> AsyncIterator[Execution]:
+        async for execution in super().list_workflows(query, **kwargs):
+            yield execution
+        if "ExecutionStatus = 'Running'" in query:
+            for execution in self.executions:
+                if execution.status == RUNNING:
+                    execution.status, execution.closed = COMPLETED, 50
+
+
+async def test_a_batch_listed_twice_is_listed_once() -> None:
+    client = ClosingMeanwhileClient(
+        [Execution("closing", RUNNING, created=40), Execution("done", COMPLETED, 10, 11)]
+    )
+    temporal = cast(TemporalService, FakeTemporal(client))
+    batches = BatchService(Settings.model_construct(), temporal, cast(Any, None))
+    for limit in (1, 2, 10):
+        client.executions[0].status, client.executions[0].closed = RUNNING, None
+        listed = [b.id for b in await batches.recent(limit)]
+        assert listed == ["closing", "done"][:limit]
