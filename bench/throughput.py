@@ -77,14 +77,26 @@ async def direct(llama_url: str, items: list[dict[str, Any]]) -> tuple[float, in
         return time.perf_counter() - started, slots
 
 
+PROGRESS_SECONDS = 5.0
+
+
 def wait_batch(api: httpx.Client, batch_id: str) -> dict[str, Any]:
     """Polls slowly until the last quarter, then often: each status call costs the API and
-    Temporal CPU that llama-server lacks on a small machine (10 polls/s cost ~5% here)."""
+    Temporal CPU that llama-server lacks on a small machine (10 polls/s cost ~5% here).
+    Prints a progress line every PROGRESS_SECONDS."""
+    shown = time.monotonic()
     while True:
         batch: dict[str, Any] = api.get(f"/batch/{batch_id}").json()
         if batch["status"] in TERMINAL:
             return batch
         counts = batch["request_counts"]
+        if time.monotonic() - shown >= PROGRESS_SECONDS:
+            shown = time.monotonic()
+            print(
+                f"  {batch_id}: {counts['completed']}/{counts['total']} {batch['status']}",
+                file=sys.stderr,
+                flush=True,
+            )
         nearly_done = counts["total"] and counts["completed"] >= 0.75 * counts["total"]
         time.sleep(0.05 if nearly_done or batch["status"] == "finalizing" else 0.5)
 
