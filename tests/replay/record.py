@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 import uuid
@@ -167,6 +168,25 @@ async def _process(client: Client) -> str:
     return process_id
 
 
+def scrubbed(history_json: str) -> str:
+    """The history without failure stack traces: they name this machine's paths, and
+    replay never reads them."""
+    history = json.loads(history_json)
+
+    def scrub(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("stackTrace"), str):
+                node["stackTrace"] = ""
+            for value in node.values():
+                scrub(value)
+        elif isinstance(node, list):
+            for value in node:
+                scrub(value)
+
+    scrub(history)
+    return json.dumps(history, indent=2) + "\n"
+
+
 async def _write_runs(client: Client, workflow_id: str, name: str, out: Path) -> list[Path]:
     """Every run of a workflow (continue-as-new makes several), oldest first."""
     runs = [e async for e in client.list_workflows(f"WorkflowId = '{workflow_id}'")]
@@ -176,7 +196,7 @@ async def _write_runs(client: Client, workflow_id: str, name: str, out: Path) ->
         handle = client.get_workflow_handle(workflow_id, run_id=execution.run_id)
         history = await handle.fetch_history()
         path = out / f"{name}-run{index}.json"
-        path.write_text(history.to_json())
+        path.write_text(scrubbed(history.to_json()))
         written.append(path)
     return written
 
@@ -231,7 +251,16 @@ async def record(out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HISTORIES, help="folder for the JSON files")
+    parser.add_argument(
+        "--scrub-only",
+        action="store_true",
+        help="only remove stack traces from the histories already in --out",
+    )
     args = parser.parse_args(argv)
+    if args.scrub_only:
+        for path in sorted(args.out.glob("*.json")):
+            path.write_text(scrubbed(path.read_text()))
+        return 0
     for path in asyncio.run(record(args.out)):
         print(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
     return 0
