@@ -92,6 +92,15 @@ class BatchWorkflow:
         self._status = self._status.model_copy(update=changes)
         workflow.upsert_memo(self._status.memo(*changes))
 
+    def _publish_progress(self, progress: BatchProgress) -> None:
+        """Counts, tokens, GPU time and requests per box of the shards finished so far."""
+        self._publish(
+            request_counts=self._counts(progress),
+            usage=progress.usage,
+            gpu_seconds=round(progress.gpu_seconds, 3),
+            boxes=dict(progress.boxes),
+        )
+
     @staticmethod
     def _counts(progress: BatchProgress) -> RequestCounts:
         return RequestCounts(
@@ -268,12 +277,7 @@ class BatchWorkflow:
                 for task in finished:
                     del in_flight[task]
                     progress.add(task.result())
-                self._publish(
-                    request_counts=self._counts(progress),
-                    usage=progress.usage,
-                    gpu_seconds=round(progress.gpu_seconds, 3),
-                    boxes=dict(progress.boxes),
-                )
+                self._publish_progress(progress)
                 over_budget = self._over_budget(params, progress, len(in_flight))
                 if over_budget:
                     await self._cancel_shards(in_flight, progress)
@@ -316,12 +320,7 @@ class BatchWorkflow:
         for task in in_flight:
             if not task.cancelled() and task.exception() is None:
                 progress.add(task.result())
-        self._publish(
-            request_counts=self._counts(progress),
-            usage=progress.usage,
-            gpu_seconds=round(progress.gpu_seconds, 3),
-            boxes=dict(progress.boxes),
-        )
+        self._publish_progress(progress)
 
     def _over_budget(self, params: BatchInput, progress: BatchProgress, running: int) -> str:
         """A message when one more shard at the average cost so far would pass the budget."""
