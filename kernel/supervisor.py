@@ -94,9 +94,6 @@ class SupervisorControl:
         logger.info("started %s on demand", program)
         return StartResult(program, "started")
 
-    async def start_workers(self, queues: tuple[str, ...] = ("cpu", "gpu")) -> list[StartResult]:
-        return list(await asyncio.gather(*(self.start(WORKER_PROGRAMS[queue]) for queue in queues)))
-
     # Blocking calls, for scripts that run outside an event loop (scripts/instance/). They
     # raise SupervisorUnavailable, or xmlrpc.client.Fault with supervisord's reason.
 

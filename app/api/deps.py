@@ -12,9 +12,11 @@ from minio import Minio
 from app.core.errors import Unauthorized
 from app.services.batches import BatchService
 from app.services.files import FileService
+from app.services.llama import LlamaProbe
 from app.services.openai_compat import OpenAIService
 from app.services.process import ProcessService
 from app.services.temporal import TemporalService
+from app.services.workers import WorkerStarter
 from kernel.config import Settings
 from kernel.supervisor import SupervisorControl
 
@@ -32,6 +34,16 @@ def get_temporal(request: Request) -> TemporalService:
 def get_supervisor(request: Request) -> SupervisorControl:
     supervisor: SupervisorControl = request.app.state.supervisor
     return supervisor
+
+
+def get_workers(request: Request) -> WorkerStarter:
+    starter: WorkerStarter = request.app.state.workers
+    return starter
+
+
+def get_llama(request: Request) -> LlamaProbe:
+    probe: LlamaProbe = request.app.state.llama
+    return probe
 
 
 def get_s3_probe(request: Request) -> Minio:
@@ -62,6 +74,8 @@ def get_openai(request: Request) -> OpenAIService:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TemporalDep = Annotated[TemporalService, Depends(get_temporal)]
 SupervisorDep = Annotated[SupervisorControl, Depends(get_supervisor)]
+WorkersDep = Annotated[WorkerStarter, Depends(get_workers)]
+LlamaDep = Annotated[LlamaProbe, Depends(get_llama)]
 S3ProbeDep = Annotated[Minio, Depends(get_s3_probe)]
 BatchesDep = Annotated[BatchService, Depends(get_batches)]
 ProcessDep = Annotated[ProcessService, Depends(get_process)]

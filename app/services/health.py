@@ -8,7 +8,7 @@ from typing import Any
 
 from minio import Minio
 
-from app.services.llama import llama_status
+from app.services.llama import LlamaProbe
 from app.services.temporal import TemporalService
 from kernel.config import Settings
 from kernel.storage import check_bucket
@@ -36,9 +36,9 @@ async def _s3(settings: Settings, probe: Minio) -> dict[str, Any]:
     return {"status": "ok", "endpoint": settings.MINIO_ENDPOINT, "bucket": settings.MINIO_BUCKET}
 
 
-async def _llama(settings: Settings) -> dict[str, Any]:
-    status = await llama_status(settings.LLAMA_URL)
-    return {"status": "ok", "url": settings.LLAMA_URL, "slots": status.slots}
+async def _llama(llama: LlamaProbe) -> dict[str, Any]:
+    status = await llama.status()
+    return {"status": "ok", "url": llama.base_url, "slots": status.slots}
 
 
 def program_health(state: str, autostart: bool, spawn_error: str = "") -> dict[str, str]:
@@ -73,12 +73,13 @@ async def health_report(
     temporal: TemporalService,
     supervisor: SupervisorControl,
     s3_probe: Minio,
+    llama: LlamaProbe,
 ) -> dict[str, Any]:
     names = ("temporal", "s3", "llama", "supervisor")
     results = await asyncio.gather(
         _guarded(_temporal(temporal), CHECK_TIMEOUT_SECONDS),
         _guarded(_s3(settings, s3_probe), CHECK_TIMEOUT_SECONDS),
-        _guarded(_llama(settings), CHECK_TIMEOUT_SECONDS),
+        _guarded(_llama(llama), CHECK_TIMEOUT_SECONDS),
         _guarded(_supervisor(settings, supervisor), CHECK_TIMEOUT_SECONDS),
     )
     checks = dict(zip(names, results, strict=True))

@@ -4,14 +4,12 @@ synchronous requests through the `/process` path, answered in OpenAI's shape."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
-
-import httpx
 
 from app.core.errors import AppError, InvalidRequest
 from app.services.batches import BatchService
 from app.services.files import FileService, batch_file_id, file_id_for_key
+from app.services.llama import LlamaProbe, LlamaUnavailable
 from app.services.process import ProcessService
 from kernel.config import Settings
 from kernel.contract import ENDPOINTS, BatchStatus
@@ -94,8 +92,10 @@ class OpenAIService:
         batches: BatchService,
         files: FileService,
         process: ProcessService,
+        llama: LlamaProbe,
     ) -> None:
         self.settings = settings
+        self.llama = llama
         self.batches = batches
         self.files = files
         self.process = process
@@ -177,19 +177,9 @@ class OpenAIService:
     async def models(self) -> list[dict[str, Any]]:
         """What llama-server says it serves; the LLAMA_MODEL setting when it is down."""
         try:
-            async with httpx.AsyncClient(base_url=self.settings.LLAMA_URL, timeout=2.0) as client:
-                listed = (await client.get("/v1/models")).raise_for_status().json()
-            models = [
-                {
-                    "id": str(item["id"]),
-                    "object": "model",
-                    "created": int(item.get("created") or time.time()),
-                    "owned_by": str(item.get("owned_by") or "llamacpp"),
-                }
-                for item in listed.get("data", [])
-            ]
+            models = await self.llama.models()
             if models:
                 return models
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            logger.info("llama-server's model list is unavailable (%s); using LLAMA_MODEL", exc)
+        except LlamaUnavailable as exc:
+            logger.info("%s; using LLAMA_MODEL", exc)
         return [{"id": self.model, "object": "model", "created": 0, "owned_by": "llamacpp"}]

@@ -15,6 +15,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from app.core.errors import NotFound, ServiceUnavailable
 from app.services.batches import START_TIMEOUT, idempotent_id, temporal_client
 from app.services.temporal import TemporalService
+from app.services.workers import WorkerStarter
 from kernel.config import Settings
 from kernel.contract import PROCESS_WORKFLOW, ProcessInput, ProcessResult
 
@@ -35,15 +36,31 @@ def _failed(process_id: str, exc: BaseException) -> dict[str, Any]:
 
 
 class ProcessService:
-    def __init__(self, settings: Settings, temporal: TemporalService) -> None:
+    def __init__(
+        self, settings: Settings, temporal: TemporalService, workers: WorkerStarter
+    ) -> None:
         self.settings = settings
         self.temporal = temporal
+        self.workers = workers
 
     async def submit(
         self, request: dict[str, Any], timeout_s: float, idempotency_key: str | None = None
     ) -> tuple[bool, dict[str, Any]]:
-        """(finished, body): finished within timeout_s, or still running. With an
-        `idempotency_key` a retry waits on the request the first call started."""
+        """(finished, body): finished within timeout_s, or still running; the body's
+        `workers` says what starting the GPU worker did. With an `idempotency_key` a retry
+        waits on the request the first call started."""
+        # The GPU worker runs the request; asking supervisord for it runs beside the
+        # workflow's start instead of ahead of it (a request waits on its queue meanwhile).
+        starting = asyncio.create_task(self.workers.ensure(("gpu",)))
+        try:
+            finished, body = await self._run(request, timeout_s, idempotency_key)
+        finally:
+            workers = await starting
+        return finished, {**body, "workers": workers}
+
+    async def _run(
+        self, request: dict[str, Any], timeout_s: float, idempotency_key: str | None
+    ) -> tuple[bool, dict[str, Any]]:
         client = await temporal_client(self.temporal)
         if idempotency_key is not None:
             process_id = idempotent_id("proc", idempotency_key)

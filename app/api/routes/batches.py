@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import BatchesDep, IdempotencyKey, SettingsDep, SupervisorDep
+from app.api.deps import BatchesDep, IdempotencyKey, WorkersDep
 from app.api.schemas import BatchCreate, BatchCreated, BatchList
 from kernel.contract import BatchStatus
 
@@ -58,8 +58,7 @@ def _example(example: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
 async def create_batch(
     body: BatchCreate,
     batches: BatchesDep,
-    supervisor: SupervisorDep,
-    settings: SettingsDep,
+    workers: WorkersDep,
     idempotency_key: IdempotencyKey = None,
 ) -> BatchCreated:
     batch = await batches.submit(
@@ -73,10 +72,7 @@ async def create_batch(
         completion_window=body.completion_window,
         idempotency_key=idempotency_key,
     )
-    workers: dict[str, str] = {}
-    if settings.AUTO_START_WORKERS:
-        workers = {r.program: r.outcome for r in await supervisor.start_workers()}
-    return BatchCreated(**batch.model_dump(), workers=workers)
+    return BatchCreated(**batch.model_dump(), workers=await workers.ensure())
 
 
 @router.get(

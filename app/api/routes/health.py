@@ -2,7 +2,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import AuthorizedDep, S3ProbeDep, SettingsDep, SupervisorDep, TemporalDep
+from app.api.deps import (
+    AuthorizedDep,
+    LlamaDep,
+    S3ProbeDep,
+    SettingsDep,
+    SupervisorDep,
+    TemporalDep,
+)
 from app.api.schemas import HealthReport
 from app.services.health import health_report
 
@@ -52,9 +59,12 @@ async def health(
     temporal: TemporalDep,
     supervisor: SupervisorDep,
     probe: S3ProbeDep,
+    llama: LlamaDep,
     authorized: AuthorizedDep,
 ) -> HealthReport:
-    report = HealthReport.model_validate(await health_report(settings, temporal, supervisor, probe))
+    report = HealthReport.model_validate(
+        await health_report(settings, temporal, supervisor, probe, llama)
+    )
     if authorized:
         return report
     return HealthReport(status=report.status)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import OpenAIDep, SettingsDep, SupervisorDep
+from app.api.deps import OpenAIDep, WorkersDep
 from app.api.openai_schemas import OpenAIBatch, OpenAIBatchCreate, OpenAIBatchList
 
 router = APIRouter(prefix="/v1", tags=["OpenAI: batches"])
@@ -14,13 +14,12 @@ router = APIRouter(prefix="/v1", tags=["OpenAI: batches"])
 
 @router.post("/batches", response_model=OpenAIBatch, summary="Create a batch from an input file")
 async def create_batch(
-    body: OpenAIBatchCreate, openai: OpenAIDep, supervisor: SupervisorDep, settings: SettingsDep
+    body: OpenAIBatchCreate, openai: OpenAIDep, workers: WorkersDep
 ) -> OpenAIBatch:
     batch = await openai.create_batch(
         body.input_file_id, body.endpoint, body.completion_window, body.metadata
     )
-    if settings.AUTO_START_WORKERS:
-        await supervisor.start_workers()
+    await workers.ensure()
     return OpenAIBatch(**batch)
 
 

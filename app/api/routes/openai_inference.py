@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import OpenAIDep, SettingsDep, SupervisorDep
+from app.api.deps import OpenAIDep
 from app.api.openai_schemas import (
     ChatCompletion,
     ChatCompletionCreate,
@@ -21,32 +21,18 @@ from kernel.contract import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
 router = APIRouter(prefix="/v1", tags=["OpenAI: inference"])
 
 
-async def _start_workers(supervisor: SupervisorDep, settings: SettingsDep) -> None:
-    if settings.AUTO_START_WORKERS:
-        await supervisor.start_workers()
-
-
 @router.post("/chat/completions", response_model=ChatCompletion, summary="Chat completion")
-async def chat_completions(
-    body: ChatCompletionCreate, openai: OpenAIDep, supervisor: SupervisorDep, settings: SettingsDep
-) -> ChatCompletion:
-    await _start_workers(supervisor, settings)
+async def chat_completions(body: ChatCompletionCreate, openai: OpenAIDep) -> ChatCompletion:
     return ChatCompletion(**await openai.run(CHAT_COMPLETIONS, body.model_dump(exclude_unset=True)))
 
 
 @router.post("/completions", response_model=Completion, summary="Text completion")
-async def completions(
-    body: CompletionCreate, openai: OpenAIDep, supervisor: SupervisorDep, settings: SettingsDep
-) -> Completion:
-    await _start_workers(supervisor, settings)
+async def completions(body: CompletionCreate, openai: OpenAIDep) -> Completion:
     return Completion(**await openai.run(COMPLETIONS, body.model_dump(exclude_unset=True)))
 
 
 @router.post("/embeddings", response_model=EmbeddingList, summary="Embeddings")
-async def embeddings(
-    body: EmbeddingCreate, openai: OpenAIDep, supervisor: SupervisorDep, settings: SettingsDep
-) -> EmbeddingList:
-    await _start_workers(supervisor, settings)
+async def embeddings(body: EmbeddingCreate, openai: OpenAIDep) -> EmbeddingList:
     return EmbeddingList(**await openai.run(EMBEDDINGS, body.model_dump(exclude_unset=True)))
 
 

@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import IdempotencyKey, ProcessDep, SettingsDep, SupervisorDep
+from app.api.deps import IdempotencyKey, ProcessDep, SettingsDep
 from app.api.schemas import ProcessCreate, ProcessOutcome
 from app.core.errors import InvalidRequest
 from kernel.lines import LineError, normalize_request
@@ -46,7 +46,6 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 async def create_process(
     body: ProcessCreate,
     process: ProcessDep,
-    supervisor: SupervisorDep,
     settings: SettingsDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
@@ -57,14 +56,11 @@ async def create_process(
         request = normalize_request(line)
     except LineError as exc:
         raise InvalidRequest(str(exc)) from None
-    workers: dict[str, str] = {}
-    if settings.AUTO_START_WORKERS:
-        workers = {r.program: r.outcome for r in await supervisor.start_workers()}
     finished, result = await process.submit(
         request, body.timeout_s or settings.PROCESS_TIMEOUT_SECONDS, idempotency_key
     )
     response.status_code = 200 if finished else 202
-    return ProcessOutcome(**result, workers=workers)
+    return ProcessOutcome(**result)
 
 
 @router.get(
