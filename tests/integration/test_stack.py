@@ -37,6 +37,9 @@ def stop_workers(stack: Stack) -> None:
 
 
 def test_stack_boots_healthy_with_every_check_ok(stack: Stack) -> None:
+    # /health counts a program in its first seconds (STARTING) as up; give each its startsecs.
+    for name in ("fastapi", "llama", "temporal", "minio", "web"):
+        stack.wait_program_state(name, {"RUNNING"}, timeout=30)
     health = stack.health()
     assert health["status"] == "ok", health
     assert health["mode"] == "local"
