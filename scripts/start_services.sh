@@ -102,7 +102,7 @@ main() {
     local flag="AUTOSTART_${var}"
     [[ "${!flag}" == true ]] && enabled+=("${var,,}")
   done
-  log "mode ${DEPLOY_MODE}: fastapi ${enabled[*]} (workers start on demand); data in ${DATA_DIR}"
+  log "mode ${DEPLOY_MODE}: fastapi${enabled[*]:+ ${enabled[*]}} (workers start on demand); data in ${DATA_DIR}"
 
   if ((dry_run)); then
     if supervisord_running; then
