@@ -726,22 +726,25 @@ release_lock() {
   fi
 }
 
+# data, models, logs and virtualenvs without a trailing slash: a symlink of that name (a
+# checkout sharing its .venv or models/) is left out too, rather than sent in place of the
+# instance's folder (rsync cannot, and stops).
 RSYNC_FILTERS=(
   --filter='- /.git/'
   --filter='- /.deploy/'
   --filter='- /.env'
   --filter='+ /.env.example'
   --filter='- /.env.*'
-  --filter='- /data/'
-  --filter='- /models/'
-  --filter='- /logs/'
+  --filter='- /data'
+  --filter='- /models'
+  --filter='- /logs'
   --filter='- *.gguf'
   --filter='- *.pem'
   --filter='- *.key'
   --filter='- id_*'
-  --filter='- .venv/'
-  --filter='- venv/'
-  --filter='- .venv-*/'
+  --filter='- .venv'
+  --filter='- venv'
+  --filter='- .venv-*'
   --filter='-p __pycache__/'
   --filter='-p *.py[cod]'
   --filter='-p .mypy_cache/'

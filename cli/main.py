@@ -163,7 +163,12 @@ def batch_table(batch: dict[str, Any]) -> Table:
         ("elapsed", duration(batch.get("elapsed_seconds"))),
         ("time left", duration(batch.get("seconds_left"))),
         ("GPU time", f"{batch.get('gpu_seconds', 0):.1f}s"),
-        ("cost", money(batch.get("cost_usd"))),
+        (
+            "cost",
+            money(batch["cost_usd"])
+            if batch.get("cost_usd") is not None
+            else "unknown: no box price (set GPU_PRICE_PER_HOUR on the box)",
+        ),
     ]
     if batch.get("usd_per_million_output_tokens") is not None:
         rows.append(("$/M output", f"${batch['usd_per_million_output_tokens']:,.2f}"))
@@ -320,6 +325,7 @@ def submit(
             _emit_json(batch)
         else:
             out.print(f"{batch['id']} {batch['status']} ({len(items)} requests)", markup=False)
+            err.print(f"follow it with: llm-batch watch {batch['id']}", markup=False)
         return
     if not state.json:
         err.print(f"submitted {batch['id']} ({len(items)} requests)")

@@ -375,7 +375,8 @@ def _summary(settings: Settings, path: str) -> str:
     programs = [name for name, on in settings.autostart_programs.items() if on]
     return "\n".join(
         [
-            f"settings ok: {path}",
+            f"settings ok: {path}"
+            + ("" if Path(path).is_file() else " (no such file: the environment and the defaults)"),
             f"  mode       {settings.DEPLOY_MODE} (starts {', '.join(programs)}; "
             "workers on demand)",
             f"  API        http://{settings.API_HOST}:{settings.API_PORT}  API_KEY {key}",
@@ -411,6 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     path = args.env_file or os.environ.get("ENV_FILE") or str(DEFAULT_ENV_FILE)
+    if args.env_file is not None and not Path(args.env_file).is_file():
+        print(
+            f"error: --env-file: no file at {args.env_file}; create it (cp .env.example .env) "
+            "or leave --env-file out to check the environment and the defaults",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.shell and args.lenient:
             settings, problems = _load_lenient(args.env_file)

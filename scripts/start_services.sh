@@ -55,6 +55,15 @@ changed_settings() {
     | sed -nE 's/^[<>] export ([A-Za-z0-9_]+)=.*/\1/p' | sort -u | paste -sd' ' -
 }
 
+# Dies with one line when a port the programs will bind is taken (say by a stack started
+# with another DATA_DIR, whose supervisord this one cannot see): otherwise those programs
+# would go FATAL one by one. Names the holder and how to stop it (scripts/instance/ports.py).
+check_ports_free() {
+  local problem
+  problem="$(cd "$PROJECT_ROOT" && "$PYTHON" -m scripts.instance.ports)" \
+    || die "${problem:-the port check failed (see above)}"
+}
+
 wait_for_supervisord() {
   local deadline=$((SECONDS + 15))
   until supervisord_running; do
@@ -93,10 +102,15 @@ main() {
     local flag="AUTOSTART_${var}"
     [[ "${!flag}" == true ]] && enabled+=("${var,,}")
   done
-  log "mode ${DEPLOY_MODE}: fastapi ${enabled[*]} (workers start on demand); data in ${DATA_DIR}"
+  log "mode ${DEPLOY_MODE}: fastapi${enabled[*]:+ ${enabled[*]}} (workers start on demand); data in ${DATA_DIR}"
 
   if ((dry_run)); then
-    log "dry run: would start ${INSTANCE_VENV}/bin/supervisord -c ${SUPERVISOR_CONF}"
+    if supervisord_running; then
+      log "dry run: supervisord already running (pid $(cat "${DATA_DIR}/supervisord.pid")); its ports are in use by it"
+      return 0
+    fi
+    check_ports_free
+    log "dry run: ports free; would start ${INSTANCE_VENV}/bin/supervisord -c ${SUPERVISOR_CONF}"
     return 0
   fi
   if supervisord_running; then
@@ -118,6 +132,7 @@ main() {
     log "settings changed since the stack started (${changed}): restarting every program"
     "${PROJECT_ROOT}/scripts/stop_services.sh" >&2
   fi
+  check_ports_free
   rm -f "$SUPERVISOR_SOCKET"
   save_started_settings
   if ((foreground)); then

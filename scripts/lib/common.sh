@@ -30,10 +30,11 @@ load_settings() {
   local env_file="${ENV_FILE:-${PROJECT_ROOT}/.env}"
   INSTANCE_VENV="${INSTANCE_VENV:-$(dotenv_value "$env_file" INSTANCE_VENV)}"
   local mode="${DEPLOY_MODE:-$(dotenv_value "$env_file" DEPLOY_MODE)}"
-  # Off the image (no /opt/venv) with no INSTANCE_VENV given, or in local mode, the project's
-  # own virtualenv runs the stack, as `make` sets it: scripts work from a plain shell too.
+  # Off the image (no /opt/venv) with no INSTANCE_VENV given, or the image's default given (as
+  # in .env.example, which describes the instance), or in local mode, the project's own
+  # virtualenv runs the stack, as `make` sets it: scripts work from a plain shell too.
   if [[ ! -x "${INSTANCE_VENV:-/opt/venv}/bin/python" && -x "${PROJECT_ROOT}/.venv/bin/python" ]] \
-    && [[ -z "$INSTANCE_VENV" || "$mode" == local ]]; then
+    && [[ -z "$INSTANCE_VENV" || "$INSTANCE_VENV" == /opt/venv || "$mode" == local ]]; then
     INSTANCE_VENV="${PROJECT_ROOT}/.venv"
   fi
   INSTANCE_VENV="${INSTANCE_VENV:-/opt/venv}"

@@ -369,3 +369,40 @@ def test_secrets_and_data_dir_are_never_synced(deployer: Deployer, tmp_path: Pat
         assert not (remote_dir / relative).exists(), f"{relative} was sent to the instance"
     # The env file reaches the instance only as its .env (mode 600).
     assert (remote_dir / ".env").read_bytes() == sent_env
+
+
+def test_symlinked_venv_and_models_are_not_synced(deployer: Deployer, tmp_path: Path) -> None:
+    """A checkout whose .venv and models/ are symlinks (shared between checkouts) syncs as one
+    whose are folders: the links are not sent, and the instance's models/ is kept.
+
+    The deploy syncs, then stops before starting anything (API_PORT is taken)."""
+    source = deployer.source
+    shared = tmp_path / "shared"
+    (shared / "venv").mkdir(parents=True)
+    (shared / "models").mkdir()
+    links = {".venv": shared / "venv", "models": shared / "models", "logs": shared / "models"}
+    for name, target in links.items():
+        (source / name).symlink_to(target)
+    remote_dir = tmp_path / "workspace"
+    kept = remote_dir / "models" / "big.gguf"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("the instance's model\n")
+    try:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+            env_file = deployer.write_env(
+                tmp_path / "settings.env",
+                REMOTE_DIR=str(remote_dir),
+                API_PORT=str(squatter.getsockname()[1]),
+            )
+            result = deployer.run("--env-file", str(env_file))
+    finally:
+        for name in links:
+            (source / name).unlink()
+    assert len(result.errors) == 1, result.output
+    assert "(API_PORT) is already taken on the instance" in result.errors[0], result.output
+    assert (remote_dir / "kernel" / "config.py").exists(), "the code was not synced"
+    assert kept.read_text() == "the instance's model\n"
+    assert not (remote_dir / ".venv").exists() and not (remote_dir / ".venv").is_symlink()
+    assert not (remote_dir / "logs").is_symlink()

@@ -102,6 +102,16 @@ def test_status_table_shows_rates_time_left_and_cost(invoke: Invoke) -> None:
     assert "$0.0015" in text and "$30.00" in text
 
 
+def test_status_without_a_box_price_says_how_to_set_one(
+    invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(BATCH, "cost_usd", None)
+    result = invoke("status", "batch_1")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "cost unknown: no box price (set GPU_PRICE_PER_HOUR on the box)" in text
+
+
 def test_submit_sends_inline_items_with_options(
     api: FakeApi, invoke: Invoke, tmp_path: Path
 ) -> None:
@@ -123,6 +133,7 @@ def test_submit_sends_inline_items_with_options(
     )
     assert result.exit_code == 0, result.output
     assert "batch_1 validating (2 requests)" in result.stdout
+    assert "follow it with: llm-batch watch batch_1" in result.stderr
     body = json.loads(api.requests[0].content)
     assert body == {
         "items": [{"custom_id": "a", "prompt": "x"}, {"custom_id": "b", "prompt": "y"}],

@@ -228,3 +228,23 @@ def test_local_temporal_and_s3_refuse_public_addresses_unprotected(
         "DEPLOY_MODE=standalone\n" + "".join(f"{k}={v}\n" for k, v in values.items())
     )
     assert main(["--env-file", str(env_file), "--check-api"]) == 2
+
+
+def test_check_of_a_missing_file_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    missing = tmp_path / ".env"
+    assert main(["--env-file", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: --env-file: no file at {missing}; create it (cp .env.example .env) or leave "
+        "--env-file out to check the environment and the defaults\n"
+    )
+    monkeypatch.setenv("ENV_FILE", str(missing))
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        f"settings ok: {missing} (no such file: the environment and the defaults)\n"
+    )

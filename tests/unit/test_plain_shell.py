@@ -36,6 +36,24 @@ def test_supervisorctl_falls_back_to_the_project_virtualenv(tmp_path: Path) -> N
     assert f"unix://{tmp_path}/data/supervisor.sock no such file" in result.stdout
 
 
+@pytest.mark.skipif(Path("/opt/venv/bin/python").exists(), reason="the image's venv is here")
+def test_the_images_venv_named_in_a_copied_env_example_falls_back_too(tmp_path: Path) -> None:
+    """`cp .env.example .env` (the deploy's settings) names the image's /opt/venv: a laptop
+    has none, and the scripts still run from a plain shell."""
+    env = plain_shell(tmp_path)
+    Path(env["ENV_FILE"]).write_text("INSTANCE_VENV=/opt/venv\nDEPLOY_MODE=hybrid\n")
+    result = subprocess.run(
+        ["bash", "scripts/supervisorctl.sh", "status"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "INSTANCE_VENV" not in result.stderr
+    assert f"unix://{tmp_path}/data/supervisor.sock no such file" in result.stdout
+
+
 def test_an_explicit_instance_venv_that_is_missing_still_stops(tmp_path: Path) -> None:
     result = subprocess.run(
         ["bash", "scripts/supervisorctl.sh", "status"],
