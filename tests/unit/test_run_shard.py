@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -49,6 +50,11 @@ class FakeS3:
             self.failures -= 1
             raise OSError("S3 is away")
         self.objects[key] = data.read(length)
+
+    def list_objects(self, bucket: str, prefix: str = "", recursive: bool = False) -> Any:
+        return [
+            SimpleNamespace(object_name=k) for k in sorted(self.objects) if k.startswith(prefix)
+        ]
 
 
 class FakeLlama:
