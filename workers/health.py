@@ -29,7 +29,9 @@ from temporalio.worker import (
 logger = logging.getLogger(__name__)
 
 PROBE_SECONDS = 1.0
-PROBE_TIMEOUT_SECONDS = 2.0
+# Long enough for a busy box (its HTTP threads answer /health beside the slots) not to look
+# down; a timed-out probe counts as a failure from its start, so this adds no delay.
+PROBE_TIMEOUT_SECONDS = 5.0
 # How often a waiting poller or shard looks at the state again.
 WATCH_SECONDS = 0.2
 

@@ -173,6 +173,16 @@ def stored_results(stack: Stack, batch_id: str, shard_count: int) -> tuple[bytes
     return lines, sorted(keys)
 
 
+def both_boxes_live(stack: Stack, box_b: Box) -> None:
+    """box-b running (an earlier test may have killed or frozen it) and box-a's on-demand
+    worker awake (a tiny batch wakes it), both reporting."""
+    box_b.ensure_running()
+    if "box-a" not in live_boxes(stack):
+        tiny = batches.submit(stack, items=batches.chat_items(2, prefix="wake"), shard_size=1)
+        batches.wait_terminal(stack, tiny["id"], timeout=120)
+    wait_for(lambda: len(live_boxes(stack)) == 2, 60, "two live boxes")
+
+
 def test_two_boxes_report_their_slots_and_capacity(fleet: tuple[Stack, Box]) -> None:
     stack, _ = fleet
     # box-a's worker starts on demand: a tiny batch wakes it.
@@ -283,8 +293,7 @@ def test_a_box_whose_llama_server_dies_hands_its_shards_over(fleet: tuple[Stack,
     and takes no new ones; box-a runs them. When llama-server is back box-b takes shards
     again."""
     stack, box_b = fleet
-    box_b.ensure_running()
-    wait_for(lambda: len(live_boxes(stack)) == 2, 60, "two live boxes")
+    both_boxes_live(stack, box_b)
     batch = batches.submit(
         stack, items=batches.chat_items(ITEMS, prefix="d", max_tokens=16), shard_size=SHARD
     )
@@ -337,8 +346,7 @@ def test_a_box_cut_off_whole_hands_its_shards_over_and_writes_nothing_over_them(
     timeout and the batch completes. Then box-b thaws: its stale attempts may finish and
     write, but the results of the attempts that won stay as they were."""
     stack, box_b = fleet
-    box_b.ensure_running()
-    wait_for(lambda: len(live_boxes(stack)) == 2, 60, "two live boxes")
+    both_boxes_live(stack, box_b)
     batch = batches.submit(
         stack, items=batches.chat_items(ITEMS, prefix="p", max_tokens=16), shard_size=SHARD
     )
