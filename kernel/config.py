@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     LLAMA_CACHE_RAM_MIB: Annotated[int, Field(ge=-1)] = 0
     LLAMA_EXTRA_ARGS: str = ""
     LLAMA_REQUEST_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 600.0
+    # A box whose llama-server answers nothing for this long hands its shards over (0: off).
+    LLAMA_DOWN_HANDOVER_SECONDS: Annotated[float, Field(ge=0)] = 15.0
 
     # Workers and on-demand start
     BOX_NAME: str = ""

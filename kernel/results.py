@@ -1,6 +1,11 @@
 """Reading a batch's finished results: the invalid input lines, then each shard's result
 object in shard order. The API streams them while a batch runs; the merge activity writes
-them into the output and error files. One reader serves both."""
+them into the output and error files. One reader serves both.
+
+A shard's result is the object of its latest attempt (see `result_key`): one listing of the
+batch's results finds them. Every object of a shard holds distinct request lines of that
+shard (a finished attempt all of them, a shard handed over or cancelled those answered so
+far), so whichever one is read, each custom_id comes once."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from collections.abc import Callable, Iterator
 from minio import Minio
 from minio.error import S3Error
 
-from kernel.contract import invalid_lines_key, result_key
+from kernel.contract import invalid_lines_key, latest_results, results_prefix
 from kernel.jsonl import iter_result_lines
 
 READ_CHUNK_BYTES = 1 << 20
@@ -51,8 +56,18 @@ class ShardResults:
         lines in shard order; shards without a result object yet are skipped."""
         for line in self._object_lines(invalid_lines_key(self.batch_id)):
             yield False, line
+        keys = self.result_keys() if shard_count else {}
         for shard in range(shard_count):
-            for line in self._object_lines(result_key(self.batch_id, shard)):
-                yield is_success(line), line
+            if shard in keys:
+                for line in self._object_lines(keys[shard]):
+                    yield is_success(line), line
             if on_shard is not None:
                 on_shard(shard)
+
+    def result_keys(self) -> dict[int, str]:
+        """Shard → key of its latest attempt's result object, for the shards that have one."""
+        listing = self.s3.list_objects(
+            self.bucket, prefix=results_prefix(self.batch_id), recursive=True
+        )
+        names = (item.object_name or "" for item in listing)
+        return {shard: key for shard, (_, key) in latest_results(self.batch_id, names).items()}

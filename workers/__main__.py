@@ -118,6 +118,7 @@ async def run(queue: str, settings: Settings) -> int:
             interceptors=[tracker],
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             max_concurrent_activities=registry.max_concurrent_activities,
+            tuner=registry.tuner,
             max_heartbeat_throttle_interval=registry.max_heartbeat_throttle_interval,
             activity_executor=registry.activity_executor,
             identity=identity,

@@ -5,7 +5,9 @@ turns each answer into an OpenAI batch output line, and tells permanent failures
 request itself is wrong: a 4xx) from transient ones (connection refused, 503 while the
 model loads, timeouts, 5xx). Transient failures are retried here, per request, with
 backoff: retrying the whole activity instead would redo every finished request of its
-shard. While llama-server stays down the caller keeps heartbeating, so nothing times out.
+shard. Every answer and failure also goes to the box's `LlamaHealth`: a shard whose
+llama-server stays down past LLAMA_DOWN_HANDOVER_SECONDS is handed to another box (see
+`run_shard`), and single requests keep retrying for the request's own budget.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+from workers.health import PROBE_TIMEOUT_SECONDS, LlamaHealth
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +136,11 @@ class LlamaClient:
         base_url: str,
         request_timeout: float = 600.0,
         retry_budget_seconds: float = 600.0,
+        health: LlamaHealth | None = None,
     ) -> None:
         self.base_url = base_url
         self.retry_budget_seconds = retry_budget_seconds
+        self.health = health or LlamaHealth(0.0, base_url)
         self._timeout = aiohttp.ClientTimeout(total=request_timeout, connect=5.0)
         self._session: aiohttp.ClientSession | None = None
         self._slots = 0
@@ -166,6 +173,20 @@ class LlamaClient:
             options["timeout"] = aiohttp.ClientTimeout(total=timeout)
         async with self._http().request(method, path, **options) as response:
             return Answer(response.status, await response.read())
+
+    async def check_health(self) -> None:
+        """One `/health` probe, no retries, recorded in `self.health` (200: it answers; a
+        refused connection, 503 while a model loads, or no answer in time: it does not)."""
+        started = time.monotonic()
+        try:
+            answer = await self._request("GET", "/health", timeout=PROBE_TIMEOUT_SECONDS)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.health.failed(f"GET /health: {exc!r}", since=started)
+            return
+        if answer.status == 200:
+            self.health.answered()
+        else:
+            self.health.failed(f"GET /health: HTTP {answer.status}", since=started)
 
     async def slots(self, refresh: bool = False) -> int:
         """llama-server's slot count; waits (with the retry budget) while it is down."""
@@ -203,10 +224,12 @@ class LlamaClient:
             try:
                 answer = await send()
                 if answer.status not in TRANSIENT_STATUS:
+                    self.health.answered()
                     return answer
                 problem = f"HTTP {answer.status}"
             except (aiohttp.ClientError, TimeoutError) as exc:  # refused, reset, timeouts
                 problem = repr(exc)
+            self.health.failed(f"{what}: {problem}")
             if budget.left() < delay:
                 raise LlamaUnavailable(
                     f"{what}: llama-server at {self.base_url} failing for "

@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from temporalio.worker import FixedSizeSlotSupplier, WorkerTuner
+
 from kernel.config import Settings
 from kernel.storage import ensure_bucket, make_minio
 from workers.activities.batch_io import BatchIOActivities
 from workers.activities.capacity import CapacityActivities
 from workers.activities.inference import InferenceActivities
 from workers.box import BoxReporter, MeteredLlama
+from workers.health import LlamaHealth, LlamaWatch, ShardSlots
 from workers.llama import LlamaClient
 from workers.workflows.batch import BatchWorkflow
 from workers.workflows.process import ProcessWorkflow
@@ -28,6 +31,8 @@ from workers.workflows.process import ProcessWorkflow
 GPU_CONCURRENT_SHARDS = 4
 PROCESS_REQUESTS_ROOM = 16
 CPU_CONCURRENT_ACTIVITIES = 8
+# The SDK's default for the kinds of slot the GPU queue's worker does not gate.
+DEFAULT_SLOTS = 100
 # A cancel reaches a running shard in the answer to its next heartbeat; the SDK otherwise
 # sends them at 80% of the heartbeat timeout (12 s), so cancelled requests ran that long.
 GPU_HEARTBEAT_THROTTLE = timedelta(seconds=1)
@@ -38,6 +43,9 @@ class Registry:
     workflows: Sequence[type] = ()
     activities: Sequence[Callable[..., Any]] = ()
     max_concurrent_activities: int | None = None
+    # Instead of max_concurrent_activities: the GPU queue's slots, none while llama-server
+    # is gone (see workers/health.py).
+    tuner: WorkerTuner | None = None
     activity_executor: ThreadPoolExecutor | None = None
     max_heartbeat_throttle_interval: timedelta = timedelta(seconds=60)  # the SDK's default
     # Workflows and activities served on Settings.gpu_urgent_task_queue, with room of their
@@ -47,15 +55,21 @@ class Registry:
     urgent_max_concurrent_activities: int | None = None
     _llama: LlamaClient | None = field(default=None, repr=False)
     box_reporter: BoxReporter | None = None
+    llama_watch: LlamaWatch | None = None
 
     def start(self) -> None:
-        """Starts what runs beside the worker (the GPU box's record); inside its loop."""
+        """Starts what runs beside the worker (the GPU box's record and llama-server probe);
+        inside its loop."""
+        if self.llama_watch is not None:
+            self.llama_watch.start()
         if self.box_reporter is not None:
             self.box_reporter.start()
 
     async def close(self) -> None:
         if self.box_reporter is not None:
             await self.box_reporter.stop()
+        if self.llama_watch is not None:
+            await self.llama_watch.stop()
         if self.activity_executor is not None:
             self.activity_executor.shutdown(wait=False)
         if self._llama is not None:
@@ -76,15 +90,22 @@ def build_registry(queue: str, settings: Settings) -> Registry:
                 CPU_CONCURRENT_ACTIVITIES, thread_name_prefix="io-activity"
             ),
         )
+    health = LlamaHealth(settings.LLAMA_DOWN_HANDOVER_SECONDS, settings.LLAMA_URL)
     llama = MeteredLlama(
         settings.LLAMA_URL,
         request_timeout=settings.LLAMA_REQUEST_TIMEOUT_SECONDS,
         retry_budget_seconds=settings.LLAMA_REQUEST_TIMEOUT_SECONDS,
+        health=health,
     )
-    inference = InferenceActivities(s3, llama, settings.box_name)
+    inference = InferenceActivities(s3, llama, settings.box_name, health)
     return Registry(
         activities=[inference.run_shard, inference.process_request],
-        max_concurrent_activities=GPU_CONCURRENT_SHARDS + PROCESS_REQUESTS_ROOM,
+        tuner=WorkerTuner.create_composite(
+            workflow_supplier=FixedSizeSlotSupplier(DEFAULT_SLOTS),
+            activity_supplier=ShardSlots(GPU_CONCURRENT_SHARDS + PROCESS_REQUESTS_ROOM, health),
+            local_activity_supplier=FixedSizeSlotSupplier(DEFAULT_SLOTS),
+            nexus_supplier=FixedSizeSlotSupplier(DEFAULT_SLOTS),
+        ),
         max_heartbeat_throttle_interval=GPU_HEARTBEAT_THROTTLE,
         urgent_workflows=[ProcessWorkflow],
         urgent_activities=[inference.process_request],
@@ -98,4 +119,5 @@ def build_registry(queue: str, settings: Settings) -> Registry:
             llama,
             shard_room=GPU_CONCURRENT_SHARDS,
         ),
+        llama_watch=LlamaWatch(llama.check_health),
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 from collections import Counter
 
 import pytest
+from temporalio.client import Client
 
 from tests.support import batches
 from tests.support.stack import Stack
@@ -54,6 +56,45 @@ def test_llama_server_restart_mid_batch_loses_nothing(stack: Stack) -> None:
     batch = start_batch(stack, "l")
     assert "llama: stopped" in stack.supervisorctl("restart", "llama")
     assert_complete(stack, batch["id"], "l")
+    stack.wait_healthy(60)
+
+
+def handed_over(stack: Stack, batch_id: str) -> list[str]:
+    """Why the batch's pending shards last failed, for those given back because their box's
+    llama-server was gone."""
+
+    async def pending() -> list[str]:
+        client = await Client.connect(stack.env["TEMPORAL_ADDRESS"])
+        description = await client.get_workflow_handle(batch_id).describe()
+        return [
+            activity.last_failure.message
+            for activity in description.raw_description.pending_activities
+            if activity.last_failure.application_failure_info.type == "LlamaDown"
+        ]
+
+    return asyncio.run(pending())
+
+
+def test_llama_server_down_past_the_hand_over_time_loses_nothing(stack: Stack) -> None:
+    """One box, its llama-server down longer than LLAMA_DOWN_HANDOVER_SECONDS: the shards are
+    given back with what they answered, wait in the queue while no box takes them (the idle
+    GPU worker may exit meanwhile; the API starts it again for the backlog), and run when
+    llama-server is back (supervisord restarts it): nothing lost, nothing failed."""
+    batch = start_batch(stack, "h")
+    stopped = time.monotonic()  # llama-server stops answering during supervisorctl's stop
+    assert "llama: stopped" in stack.supervisorctl("stop", "llama")
+    try:
+        deadline = stopped + 180
+        while not (causes := handed_over(stack, batch["id"])):
+            assert time.monotonic() < deadline, stack.logs_tail()
+            time.sleep(0.5)
+        noticed = time.monotonic() - stopped
+        time.sleep(10)  # down well past the hand-over: the shards wait, none fails for good
+        assert batches.get(stack, batch["id"])["status"] == "in_progress"
+    finally:
+        assert "llama: started" in stack.supervisorctl("start", "llama")
+    assert_complete(stack, batch["id"], "h")
+    print(f"\nllama-server down: shards handed over after {noticed:.1f}s: {causes[0]}")
     stack.wait_healthy(60)
 
 

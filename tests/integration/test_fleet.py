@@ -2,8 +2,9 @@
 and a second GPU worker (other BOX_NAME) against the same Temporal, S3 and queues.
 
 Both boxes answer requests; the window follows their slots; a box lost mid-batch (its
-worker and llama-server SIGKILLed) hands its shards to the other; every custom_id comes
-back exactly once.
+worker and llama-server SIGKILLed, its llama-server alone SIGKILLed, or the whole box frozen
+by SIGSTOP as behind a network partition) hands its shards to the other; every custom_id
+comes back exactly once, and a frozen box that comes back writes nothing over them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,9 @@ from kernel.contract import (
     ShardResult,
     SplitInput,
     SplitResult,
+    results_prefix,
 )
+from kernel.results import ShardResults
 from tests.support import batches
 from tests.support.fleet import Box
 from tests.support.stack import Stack, start_stack
@@ -101,6 +105,82 @@ def first_retry_started(stack: Stack, batch_id: str) -> tuple[float, str] | None
         return min(retries) if retries else None
 
     return asyncio.run(history())
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A shard attempt after a failed one: when it started (Unix time), where, and why the
+    attempt before it failed."""
+
+    started: float
+    attempt: int
+    identity: str
+    cause: str
+    cause_type: str
+
+
+def retries(stack: Stack, batch_id: str) -> list[Retry]:
+    """The retried shard attempts of the batch's current run, from its history, in time
+    order (an activity's started event is written when its last attempt ends)."""
+
+    async def history() -> list[Retry]:
+        client = await Client.connect(stack.env["TEMPORAL_ADDRESS"])
+        found = []
+        async for event in client.get_workflow_handle(batch_id).fetch_history_events():
+            if not event.HasField("activity_task_started_event_attributes"):
+                continue
+            started = event.activity_task_started_event_attributes
+            if started.attempt < 2:
+                continue
+            failure = started.last_failure
+            found.append(
+                Retry(
+                    started=event.event_time.ToDatetime(tzinfo=UTC).timestamp(),
+                    attempt=started.attempt,
+                    identity=started.identity,
+                    cause=failure.message,
+                    cause_type=failure.application_failure_info.type,
+                )
+            )
+        return sorted(found, key=lambda retry: retry.started)
+
+    return asyncio.run(history())
+
+
+def stored_keys(stack: Stack, batch_id: str) -> set[str]:
+    """The result object the readers take for each shard (its latest attempt's)."""
+    bucket = stack.env.get("MINIO_BUCKET", "llm-batch")
+    return set(ShardResults(stack.s3(), bucket, batch_id).result_keys().values())
+
+
+def worker_identity_pid(identity: str) -> int:
+    """The pid in a worker identity (`worker-gpu@host:pid`)."""
+    return int(identity.rsplit(":", 1)[1])
+
+
+def stored_results(stack: Stack, batch_id: str, shard_count: int) -> tuple[bytes, list[str]]:
+    """What the bucket says the batch's results are (the latest attempt of each shard), and
+    every result object it holds."""
+    s3 = stack.s3()
+    bucket = stack.env.get("MINIO_BUCKET", "llm-batch")
+    lines = b"".join(
+        line + b"\n" for _, line in ShardResults(s3, bucket, batch_id).lines(shard_count)
+    )
+    keys = [
+        item.object_name or ""
+        for item in s3.list_objects(bucket, prefix=results_prefix(batch_id), recursive=True)
+    ]
+    return lines, sorted(keys)
+
+
+def both_boxes_live(stack: Stack, box_b: Box) -> None:
+    """box-b running (an earlier test may have killed or frozen it) and box-a's on-demand
+    worker awake (a tiny batch wakes it), both reporting."""
+    box_b.ensure_running()
+    if "box-a" not in live_boxes(stack):
+        tiny = batches.submit(stack, items=batches.chat_items(2, prefix="wake"), shard_size=1)
+        batches.wait_terminal(stack, tiny["id"], timeout=120)
+    wait_for(lambda: len(live_boxes(stack)) == 2, 60, "two live boxes")
 
 
 def test_two_boxes_report_their_slots_and_capacity(fleet: tuple[Stack, Box]) -> None:
@@ -205,6 +285,104 @@ def test_a_box_added_mid_batch_takes_shards(fleet: tuple[Stack, Box]) -> None:
     )
     assert done["boxes"].get("box-b", 0) > 0, f"box-b joined but answered nothing: {done}"
     print(f"\nbox-b joined mid-batch: per box {done['boxes']}")
+
+
+def test_a_box_whose_llama_server_dies_hands_its_shards_over(fleet: tuple[Stack, Box]) -> None:
+    """box-b's llama-server is killed and stays down while its worker lives: within about
+    LLAMA_DOWN_HANDOVER_SECONDS (15 s) box-b gives its shards back, keeping what it answered,
+    and takes no new ones; box-a runs them. When llama-server is back box-b takes shards
+    again."""
+    stack, box_b = fleet
+    both_boxes_live(stack, box_b)
+    batch = batches.submit(
+        stack, items=batches.chat_items(ITEMS, prefix="d", max_tokens=16), shard_size=SHARD
+    )
+    batches.wait_until(
+        stack, batch["id"], lambda b: b["boxes"].get("box-b", 0) >= SHARD, timeout=180
+    )
+    assert box_b.worker is not None
+    worker_pid = box_b.worker.pid
+    box_b.kill_llama()
+    killed = time.time()
+    done = batches.wait_terminal(stack, batch["id"], timeout=600)
+    assert done["status"] == "completed", done
+    assert done["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0}
+    batches.assert_exactly_once(
+        batches.results(stack, batch["id"]), {f"d{i}" for i in range(ITEMS)}
+    )
+    assert batches.errors(stack, batch["id"]) == []
+    assert box_b.worker.poll() is None, "box-b's worker lived on"
+
+    handed = [r for r in retries(stack, batch["id"]) if r.cause_type == "LlamaDown"]
+    assert handed, "box-b handed its shards over (not a heartbeat timeout)"
+    assert all("box box-b" in r.cause for r in handed), handed
+    elsewhere = [
+        r for r in handed if r.started > killed and worker_identity_pid(r.identity) != worker_pid
+    ]
+    assert elsewhere, f"box-b's shards ran on box-a: {handed}"
+    print(
+        f"\nllama-server of box-b killed: its shards running on box-a "
+        f"{elsewhere[0].started - killed:.1f}s later (last {elsewhere[-1].started - killed:.1f}s), "
+        f"{len(handed)} hand-over(s), per box {done['boxes']}; cause: {handed[0].cause}"
+    )
+
+    # llama-server back: the same worker takes shards again.
+    box_b.start_llama()
+    again = batches.submit(
+        stack, items=batches.chat_items(600, prefix="e", max_tokens=16), shard_size=SHARD
+    )
+    finished = batches.wait_terminal(stack, again["id"], timeout=600)
+    assert finished["status"] == "completed", finished
+    batches.assert_exactly_once(batches.results(stack, again["id"]), {f"e{i}" for i in range(600)})
+    assert finished["boxes"].get("box-b", 0) > 0, f"box-b took no shard again: {finished}"
+    assert box_b.worker.pid == worker_pid and box_b.worker.poll() is None
+
+
+def test_a_box_cut_off_whole_hands_its_shards_over_and_writes_nothing_over_them(
+    fleet: tuple[Stack, Box],
+) -> None:
+    """box-b frozen (SIGSTOP of its worker and llama-server: connections open, no heartbeat,
+    no answer), as behind a network partition: box-a takes its shards after the heartbeat
+    timeout and the batch completes. Then box-b thaws: its stale attempts may finish and
+    write, but the results of the attempts that won stay as they were."""
+    stack, box_b = fleet
+    both_boxes_live(stack, box_b)
+    batch = batches.submit(
+        stack, items=batches.chat_items(ITEMS, prefix="p", max_tokens=16), shard_size=SHARD
+    )
+    batches.wait_until(
+        stack, batch["id"], lambda b: b["boxes"].get("box-b", 0) >= SHARD, timeout=180
+    )
+    box_b.pause()
+    paused = time.time()
+    try:
+        done = batches.wait_terminal(stack, batch["id"], timeout=600)
+        assert done["status"] == "completed", done
+        shard_count = done["shard_count"]
+        output = batches.results(stack, batch["id"])
+        stored, keys = stored_results(stack, batch["id"], shard_count)
+    finally:
+        box_b.resume()
+    batches.assert_exactly_once(output, {f"p{i}" for i in range(ITEMS)})
+    assert done["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0}
+    moved = [r for r in retries(stack, batch["id"]) if r.started > paused]
+    assert moved, "box-b's shards ran again elsewhere"
+
+    # box-b thaws: give its stale attempts time to notice, finish or write.
+    time.sleep(20)
+    assert box_b.running(), "box-b came back"
+    assert batches.results(stack, batch["id"]) == output
+    stored_after, keys_after = stored_results(stack, batch["id"], shard_count)
+    assert stored_after == stored, "a late writer replaced a shard's result"
+    late = sorted(set(keys_after) - set(keys))
+    latest = {key for key in keys_after if key in stored_keys(stack, batch["id"])}
+    print(
+        f"\nbox-b frozen: its shards running again on box-a {moved[0].started - paused:.1f}s "
+        f"later (last {moved[-1].started - paused:.1f}s), {len(moved)} retried shard(s) "
+        f"(causes: {sorted({r.cause for r in moved})}); after it thawed: "
+        f"{len(late)} late result object(s) {late}, {len(keys_after) - len(latest)} "
+        f"superseded object(s) in all, the results unchanged"
+    )
 
 
 # The window itself, with activities replaced under their real names, on the stack's Temporal.

@@ -51,6 +51,13 @@ class Box:
             )
 
     def start(self) -> None:
+        self.start_llama()
+        self.worker = self._spawn(
+            [sys.executable, "-m", "workers", "--queue", "gpu"], f"{self.name}-worker.log"
+        )
+
+    def start_llama(self) -> None:
+        """llama-server (exec'd by the script: its pid is the server's), once it answers."""
         self.llama = self._spawn(
             ["bash", "scripts/run_program.sh", "llama"], f"{self.name}-llama.log"
         )
@@ -58,15 +65,38 @@ class Box:
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
-                    break
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        else:
-            raise AssertionError(f"{self.name}'s llama-server did not come up")
-        self.worker = self._spawn(
-            [sys.executable, "-m", "workers", "--queue", "gpu"], f"{self.name}-worker.log"
-        )
+        raise AssertionError(f"{self.name}'s llama-server did not come up")
+
+    def running(self) -> bool:
+        return all(p is not None and p.poll() is None for p in (self.worker, self.llama))
+
+    def ensure_running(self) -> None:
+        """Both processes up: what an earlier test killed or stopped is started afresh."""
+        if not self.running():
+            self.stop()
+            self.start()
+
+    def kill_llama(self) -> None:
+        """llama-server gone (SIGKILL), the box's worker left alive."""
+        if self.llama is not None and self.llama.poll() is None:
+            os.kill(self.llama.pid, signal.SIGKILL)
+            self.llama.wait(timeout=30)
+
+    def pause(self) -> None:
+        """The whole box unreachable, as behind a network partition: worker and llama-server
+        frozen (SIGSTOP), their connections open, no heartbeat, no answer."""
+        for process in (self.worker, self.llama):
+            if process is not None and process.poll() is None:
+                os.kill(process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for process in (self.llama, self.worker):
+            if process is not None and process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
 
     def kill(self) -> None:
         """The whole box gone at once: no graceful shutdown, no last heartbeat."""
@@ -78,6 +108,7 @@ class Box:
     def stop(self) -> None:
         for process in (self.worker, self.llama):
             if process is not None and process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)  # a paused process cannot stop
                 os.kill(process.pid, signal.SIGTERM)
                 try:
                     process.wait(timeout=40)

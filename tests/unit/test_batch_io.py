@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -45,6 +46,11 @@ class MemoryBucket:
     def put_object(self, bucket: str, key: str, data: Any, length: int, **_: Any) -> None:
         time.sleep(self.put_delay)
         self.objects[key] = data.read(length)
+
+    def list_objects(self, bucket: str, prefix: str = "", recursive: bool = False) -> Any:
+        return [
+            SimpleNamespace(object_name=k) for k in sorted(self.objects) if k.startswith(prefix)
+        ]
 
 
 def split(bucket: MemoryBucket, payload: bytes, shard_size: int = 100) -> Any:

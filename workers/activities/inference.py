@@ -8,6 +8,7 @@ import json
 import tempfile
 import time
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any, BinaryIO, cast
 
 from minio import Minio
@@ -19,10 +20,13 @@ from kernel.contract import (
     ProcessResult,
     ShardInput,
     ShardResult,
+    parse_result_key,
     result_key,
     shard_key,
+    shard_results_prefix,
 )
 from kernel.jsonl import iter_result_lines
+from workers.health import LlamaHealth
 from workers.llama import LlamaClient, LlamaUnavailable
 
 HEARTBEAT_SECONDS = 1.0
@@ -30,6 +34,11 @@ READ_CHUNK_BYTES = 256 * 1024
 SPOOL_BYTES = 8 << 20
 PART_BYTES = 16 << 20
 WRITE_RETRY_SECONDS = 600.0
+# A shard handed over because llama-server is gone: how long it tries to store the lines it
+# answered (S3 away too: they are answered again elsewhere rather than holding the shard),
+# and how soon Temporal offers it again, whatever its attempt (no growing backoff).
+HANDOVER_WRITE_SECONDS = 30.0
+HANDOVER_RETRY_DELAY = timedelta(seconds=1)
 
 
 def usage_of(lines: list[dict[str, Any]]) -> tuple[int, int]:
@@ -92,10 +101,14 @@ async def _abandon(tasks: Iterable[asyncio.Task[None]]) -> None:
 
 
 class InferenceActivities:
-    def __init__(self, s3: Minio, llama: LlamaClient, box: str) -> None:
+    def __init__(
+        self, s3: Minio, llama: LlamaClient, box: str, health: LlamaHealth | None = None
+    ) -> None:
         self.s3 = s3
         self.llama = llama
         self.box = box
+        # The hand-over is off unless the box's health (the one the llama client feeds) is given.
+        self.health = health or LlamaHealth(0.0)
 
     def _read_shard(self, bucket: str, key: str) -> list[dict[str, Any]]:
         """The shard's requests, parsed line by line as the object streams in."""
@@ -108,9 +121,27 @@ class InferenceActivities:
             response.close()
             response.release_conn()
 
+    def _earlier_answers(self, params: ShardInput) -> tuple[dict[str, dict[str, Any]], int]:
+        """The lines earlier attempts of this shard stored (a shard handed over keeps what it
+        answered; one cut off may have written everything), by custom_id, and the latest
+        attempt that stored any (0: none)."""
+        attempts: list[tuple[int, str]] = []
+        listing = self.s3.list_objects(
+            params.bucket, prefix=shard_results_prefix(params.batch_id, params.shard)
+        )
+        for item in listing:
+            parsed = parse_result_key(params.batch_id, item.object_name or "")
+            if parsed is not None and parsed[0] == params.shard:
+                attempts.append((parsed[1], item.object_name or ""))
+        answers: dict[str, dict[str, Any]] = {}
+        for _, key in sorted(attempts, reverse=True):
+            for line in self._read_shard(params.bucket, key):
+                answers.setdefault(line["custom_id"], line)
+        return answers, max((attempt for attempt, _ in attempts), default=0)
+
     def _write_results(self, bucket: str, key: str, lines: list[dict[str, Any]]) -> None:
-        """One object at the shard's fixed key, spooled to disk past SPOOL_BYTES and sent
-        in parts rather than joined into one bytes object."""
+        """One object at the attempt's key, spooled to disk past SPOOL_BYTES and sent in
+        parts rather than joined into one bytes object."""
         with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as spool:
             for line in lines:
                 spool.write(json.dumps(line).encode() + b"\n")
@@ -125,16 +156,21 @@ class InferenceActivities:
                 part_size=PART_BYTES,
             )
 
-    async def _store(self, params: ShardInput, lines: list[dict[str, Any]]) -> None:
+    async def _store(
+        self,
+        bucket: str,
+        key: str,
+        lines: list[dict[str, Any]],
+        budget: float = WRITE_RETRY_SECONDS,
+    ) -> None:
         """Writes the result object, retrying here while S3 is away: a failed activity
         would run the whole shard again on llama-server, and a cancelled one would lose its
         answers."""
-        key = result_key(params.batch_id, params.shard)
-        deadline = time.monotonic() + WRITE_RETRY_SECONDS
+        deadline = time.monotonic() + budget
         delay = 1.0
         while True:
             try:
-                await asyncio.to_thread(self._write_results, params.bucket, key, lines)
+                await asyncio.to_thread(self._write_results, bucket, key, lines)
                 return
             except Exception as exc:  # S3Error, urllib3's connection errors, OSError
                 if time.monotonic() + delay > deadline:
@@ -143,19 +179,9 @@ class InferenceActivities:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    async def _finish(
+    def _summary(
         self, params: ShardInput, lines: list[dict[str, Any]], started: float
     ) -> ShardResult:
-        """Writes the shard's result object once, at its fixed key, and sums it up. A cancel
-        arriving meanwhile waits for the write: the answers are not thrown away."""
-        gpu_seconds = time.monotonic() - started
-        store = asyncio.create_task(self._store(params, lines))
-        try:
-            await asyncio.shield(store)
-        except asyncio.CancelledError:
-            await store
-            if not _cancelled_by_workflow():
-                raise
         failed = sum(1 for line in lines if line["error"] is not None)
         input_tokens, output_tokens = usage_of(lines)
         return ShardResult(
@@ -164,19 +190,49 @@ class InferenceActivities:
             failed=failed,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
-            gpu_seconds=gpu_seconds,
+            gpu_seconds=time.monotonic() - started,
             box=self.box,
+        )
+
+    async def _finish(
+        self, params: ShardInput, key: str, lines: list[dict[str, Any]], started: float
+    ) -> ShardResult:
+        """Writes the shard's result object once, at its attempt's key, and sums it up. A
+        cancel arriving meanwhile waits for the write: the answers are not thrown away."""
+        summary = self._summary(params, lines, started)
+        store = asyncio.create_task(self._store(params.bucket, key, lines))
+        try:
+            await asyncio.shield(store)
+        except asyncio.CancelledError:
+            await store
+            if not _cancelled_by_workflow():
+                raise
+        return summary
+
+    def _gone(self, params: ShardInput, kept: str) -> ApplicationError:
+        """The retryable failure that gives a shard back while llama-server is gone."""
+        return ApplicationError(
+            f"box {self.box}: {self.health.describe()}; shard {params.shard} handed over "
+            f"to another box, {kept}",
+            type="LlamaDown",
+            next_retry_delay=HANDOVER_RETRY_DELAY,
         )
 
     @activity.defn
     async def run_shard(self, params: ShardInput) -> ShardResult:
         """Runs every request of a shard at llama-server's slot concurrency.
 
-        The result object is written once, whole, at the end: a retried shard rewrites it,
-        so no line is ever duplicated. When the workflow cancels the shard (the batch is
-        being cancelled), the requests still running are abandoned and the lines answered
-        so far become the shard's result, written the same way; the activity then completes,
-        so the shard is never retried after the cancel.
+        The result object is written once, whole, at the end, at the attempt's own key (see
+        `result_key`): a retried shard writes a new one, an attempt cut off that writes late
+        cannot replace the latest, and no line is ever duplicated. When the workflow cancels
+        the shard (the batch is being cancelled), the requests still running are abandoned
+        and the lines answered so far become the shard's result, written the same way; the
+        activity then completes, so the shard is never retried after the cancel.
+
+        When this box's llama-server has answered nothing for LLAMA_DOWN_HANDOVER_SECONDS,
+        the shard is handed over: the running requests are abandoned, the lines answered so
+        far are stored the same way, and the activity fails retryably for another box to
+        run the rest (an attempt starts from what earlier attempts stored).
         """
         progress = [0]
         heartbeat = asyncio.create_task(_heartbeat_forever(progress))
@@ -188,11 +244,31 @@ class InferenceActivities:
                 await heartbeat
 
     async def _run_shard(self, params: ShardInput, progress: list[int]) -> ShardResult:
-        requests = await asyncio.to_thread(
-            self._read_shard, params.bucket, shard_key(params.batch_id, params.shard)
+        if self.health.gone:  # brought in by a poll made before llama-server went
+            raise self._gone(params, "nothing answered here")
+        requests, (earlier, latest) = await asyncio.gather(
+            asyncio.to_thread(
+                self._read_shard, params.bucket, shard_key(params.batch_id, params.shard)
+            ),
+            asyncio.to_thread(self._earlier_answers, params),
         )
+        # The attempt's key; after a workflow reset (attempts counted from 1 again) it still
+        # comes after every object stored before.
+        attempt = activity.info().attempt
+        key = result_key(params.batch_id, params.shard, max(attempt, latest + 1))
         started = time.monotonic()
-        answered: list[dict[str, Any] | None] = [None] * len(requests)
+        answered: list[dict[str, Any] | None] = [earlier.get(r["custom_id"]) for r in requests]
+        inherited = [line for line in answered if line is not None]
+        progress[0] = len(inherited)
+        if inherited:
+            activity.logger.info(
+                "batch %s shard %d attempt %d: %d of %d line(s) answered by earlier attempts",
+                params.batch_id,
+                params.shard,
+                attempt,
+                len(inherited),
+                len(requests),
+            )
 
         async def run_one(index: int, request: dict[str, Any]) -> None:
             line = await self.llama.run(request["custom_id"], request["url"], request["body"])
@@ -201,9 +277,13 @@ class InferenceActivities:
             answered[index] = line
             progress[0] += 1
 
-        tasks = [asyncio.create_task(run_one(i, r)) for i, r in enumerate(requests)]
+        tasks = [
+            asyncio.create_task(run_one(i, r))
+            for i, r in enumerate(requests)
+            if answered[i] is None
+        ]
         try:
-            await _first_failure(tasks)
+            all_answered = await self._answer(tasks)
         except asyncio.CancelledError:
             await _abandon(tasks)
             if not _cancelled_by_workflow():
@@ -216,8 +296,70 @@ class InferenceActivities:
                 len(kept),
                 len(requests),
             )
-            return await self._finish(params, kept, started)
-        return await self._finish(params, [line for line in answered if line is not None], started)
+            return await self._finish(params, key, kept, started)
+        kept = [line for line in answered if line is not None]
+        if all_answered:
+            return await self._finish(params, key, kept, started)
+        return await self._hand_over(params, key, kept, inherited, len(requests), started)
+
+    async def _answer(self, tasks: list[asyncio.Task[None]]) -> bool:
+        """Waits for every request: True when all are answered, False when llama-server is
+        gone first (the requests still running are abandoned)."""
+        requests = asyncio.ensure_future(_first_failure(tasks))
+        if self.health.handover_seconds <= 0:
+            await requests
+            return True
+        gone = asyncio.ensure_future(self.health.wait_gone())
+        try:
+            await asyncio.wait({requests, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (requests, gone):
+                waiter.cancel()
+            await asyncio.wait({requests, gone})
+        if not requests.cancelled():
+            requests.result()  # the first request that failed for good, if any
+            return True
+        await _abandon(tasks)
+        return False
+
+    async def _hand_over(
+        self,
+        params: ShardInput,
+        key: str,
+        kept: list[dict[str, Any]],
+        inherited: list[dict[str, Any]],
+        total: int,
+        started: float,
+    ) -> ShardResult:
+        """Stores the lines answered so far and gives the shard back (a retryable failure);
+        a cancel of the batch arriving meanwhile completes it with them instead."""
+        stored = len(inherited)
+        if len(kept) > len(inherited):
+            store = asyncio.create_task(
+                self._store(params.bucket, key, kept, budget=HANDOVER_WRITE_SECONDS)
+            )
+            try:
+                await asyncio.shield(store)
+                stored = len(kept)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await store
+                if not _cancelled_by_workflow():
+                    raise
+                # What is stored for this shard: these lines, or the earlier attempts' only.
+                written = store.done() and not store.cancelled() and store.exception() is None
+                return self._summary(params, kept if written else inherited, started)
+            except Exception as exc:
+                activity.logger.warning(
+                    "batch %s shard %d: could not keep its %d answered line(s): %r",
+                    params.batch_id,
+                    params.shard,
+                    len(kept) - len(inherited),
+                    exc,
+                )
+        error = self._gone(params, f"{stored} of {total} line(s) kept")
+        activity.logger.warning("batch %s: %s", params.batch_id, error)
+        raise error
 
     @activity.defn
     async def process_request(self, params: ProcessInput) -> ProcessResult:

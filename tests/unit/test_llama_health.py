@@ -1,0 +1,134 @@
+"""A box's view of its llama-server: when it counts as gone, and how the GPU worker's
+shard slots follow it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+
+from workers.activities.inference import HANDOVER_RETRY_DELAY
+from workers.health import LlamaHealth, ShardSlots
+from workers.llama import Answer, LlamaClient
+from workers.workflows.batch import SHARD_HEARTBEAT, SHARD_RETRY
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def test_gone_after_the_hand_over_time_without_one_answer(clock: Clock) -> None:
+    health = LlamaHealth(15.0, clock=clock)
+    health.answered()
+    health.failed("refused")
+    clock.now += 10
+    health.failed("refused again")  # keeps counting from the first failure
+    assert health.down_for() == 10 and not health.gone and health.takes_shards
+    clock.now += 5
+    assert health.gone and not health.takes_shards
+    assert "answered nothing for 15s (last: refused again)" in health.describe()
+    health.answered()
+    assert health.down_for() == 0 and not health.gone and health.takes_shards
+
+
+def test_an_answer_in_between_starts_the_count_again(clock: Clock) -> None:
+    health = LlamaHealth(15.0, clock=clock)
+    health.answered()
+    health.failed("503")
+    clock.now += 12
+    health.answered()
+    health.failed("503")
+    clock.now += 12
+    assert not health.gone
+
+
+def test_a_timeout_counts_from_when_the_probe_began(clock: Clock) -> None:
+    health = LlamaHealth(15.0, clock=clock)
+    health.answered()
+    started = clock.now
+    clock.now += 2
+    health.failed("GET /health: TimeoutError()", since=started)
+    clock.now += 13
+    assert health.gone
+
+
+def test_a_worker_takes_no_shard_before_llama_server_first_answers(clock: Clock) -> None:
+    health = LlamaHealth(15.0, clock=clock)
+    assert not health.takes_shards  # e.g. started while the model still loads
+    health.answered()
+    assert health.takes_shards
+
+
+def test_with_the_hand_over_off_nothing_is_ever_gone(clock: Clock) -> None:
+    health = LlamaHealth(0.0, clock=clock)
+    assert health.takes_shards
+    health.failed("refused")
+    clock.now += 3600
+    assert not health.gone and health.takes_shards
+
+
+async def test_shard_slots_are_held_back_while_llama_server_is_gone(clock: Clock) -> None:
+    health = LlamaHealth(15.0, clock=clock)
+    health.answered()
+    slots = ShardSlots(2, health)
+    ctx: Any = None
+    first = await slots.reserve_slot(ctx)
+    await slots.reserve_slot(ctx)
+    assert slots.try_reserve_slot(ctx) is None, "two slots at most"
+    slots.release_slot(ctx)
+    health.failed("refused")
+    clock.now += 16
+    assert slots.try_reserve_slot(ctx) is None
+    waiting = asyncio.create_task(slots.reserve_slot(ctx))
+    await asyncio.sleep(0.5)
+    assert not waiting.done(), "a poll while llama-server is gone"
+    health.answered()
+    async with asyncio.timeout(5):
+        assert isinstance(await waiting, type(first))
+    assert slots.used == 2
+
+
+async def test_the_client_reports_answers_and_failures(clock: Clock) -> None:
+    health = LlamaHealth(15.0, clock=clock)
+    llama = LlamaClient("http://127.0.0.1:1", health=health)
+    answers: list[Any] = [
+        aiohttp.ClientConnectionError("refused"),
+        Answer(503, b""),
+        Answer(200, b"{}"),
+    ]
+
+    async def send() -> Answer:
+        item = answers.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        assert health.down_since is not None  # failing until this answer
+        return item
+
+    assert (await llama._with_retries(send, "POST /x")).status == 200
+    assert health.ever_answered and health.down_since is None
+
+    async def refused(*args: Any, **kwargs: Any) -> Answer:
+        raise aiohttp.ClientConnectionError("refused")
+
+    llama._request = refused  # type: ignore[method-assign]
+    await llama.check_health()
+    assert health.down_since is not None and "refused" in health.problem
+
+
+def test_hand_overs_can_never_exhaust_a_shard_s_retries() -> None:
+    """A shard is retried without limit and, handed over, offered again at once: a box
+    whose llama-server is gone for an hour only delays it."""
+    assert SHARD_RETRY.maximum_attempts == 0  # unlimited
+    assert SHARD_RETRY.non_retryable_error_types in (None, [])
+    assert HANDOVER_RETRY_DELAY < SHARD_HEARTBEAT
