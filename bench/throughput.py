@@ -176,11 +176,17 @@ def process_latency(api: httpx.Client, llama_url: str, count: int) -> dict[str, 
         into.append(elapsed)
 
     with httpx.Client(base_url=llama_url, timeout=60) as llama:
-        for _ in range(count):
-            timed(llama, "/v1/chat/completions", SYNC_BODY, direct_ms)
-            timed(api, "/process", SYNC_BODY, process_ms)
-            if v1_body is not None:
-                timed(api, "/v1/chat/completions", v1_body, v1_ms)
+        calls = [
+            lambda: timed(llama, "/v1/chat/completions", SYNC_BODY, direct_ms),
+            lambda: timed(api, "/process", SYNC_BODY, process_ms),
+        ]
+        if v1_body is not None:
+            calls.append(lambda: timed(api, "/v1/chat/completions", v1_body, v1_ms))
+        for i in range(count):
+            # Rotated, so no path always runs right after another (llama-server's threads
+            # keep a core busy for a few ms after each answer).
+            for k in range(len(calls)):
+                calls[(i + k) % len(calls)]()
     figures: dict[str, Any] = {
         "calls": count,
         "direct_p50_ms": statistics.median(direct_ms),
