@@ -25,11 +25,15 @@ from workers.workflows.batch import BatchWorkflow
 from workers.workflows.process import ProcessWorkflow
 
 # Shard activities one GPU worker runs at once (BATCH_WINDOW's default): the requests of the
-# next shard take over the slots of one that is finishing. Single /process requests get
-# room of their own on top, and a worker of their own on the urgent queue, where shards
-# never go, so a GPU worker full of shards still takes them.
+# next shard take over the slots of one that is finishing. Single /process requests have a
+# worker of their own on the urgent queue, where shards never go, so a GPU worker full of
+# shards still takes them.
 GPU_CONCURRENT_SHARDS = 4
 PROCESS_REQUESTS_ROOM = 16
+# Requests started by earlier code run as an activity on the GPU queue itself: a little room
+# for them there, and no more, since every spare slot on that queue is a shard this box could
+# take from a box with free llama-server slots.
+EARLIER_REQUESTS_ROOM = 2
 CPU_CONCURRENT_ACTIVITIES = 8
 # The SDK's default for the kinds of slot the GPU queue's worker does not gate.
 DEFAULT_SLOTS = 100
@@ -102,7 +106,7 @@ def build_registry(queue: str, settings: Settings) -> Registry:
         activities=[inference.run_shard, inference.process_request],
         tuner=WorkerTuner.create_composite(
             workflow_supplier=FixedSizeSlotSupplier(DEFAULT_SLOTS),
-            activity_supplier=ShardSlots(GPU_CONCURRENT_SHARDS + PROCESS_REQUESTS_ROOM, health),
+            activity_supplier=ShardSlots(GPU_CONCURRENT_SHARDS + EARLIER_REQUESTS_ROOM, health),
             local_activity_supplier=FixedSizeSlotSupplier(DEFAULT_SLOTS),
             nexus_supplier=FixedSizeSlotSupplier(DEFAULT_SLOTS),
         ),
