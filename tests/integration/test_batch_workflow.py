@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from temporalio import activity
@@ -19,69 +18,16 @@ from temporalio.worker import Worker
 from kernel.contract import (
     BatchInput,
     BatchResult,
-    MergeInput,
-    MergeResult,
     ShardInput,
     ShardResult,
-    SplitInput,
-    SplitResult,
 )
+from tests.support.batch_doubles import SHARD_ITEMS, BatchActivityDoubles, start_dev_server
 from workers.workflows.batch import BatchWorkflow
-
-VENV_BIN = Path(__import__("sys").executable).parent
-SHARD_ITEMS = 10
-
-
-class FakeActivities:
-    def __init__(self, shards: int, invalid: int = 0, shard_delay: float = 0.0) -> None:
-        self.shards = shards
-        self.invalid = invalid
-        self.shard_delay = shard_delay
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.shard_runs: list[int] = []
-        self.merges: list[MergeInput] = []
-
-    @activity.defn(name="split_input")
-    async def split_input(self, params: SplitInput) -> SplitResult:
-        total = self.shards * SHARD_ITEMS + self.invalid
-        return SplitResult(
-            total=total,
-            valid=total - self.invalid,
-            invalid=self.invalid,
-            shard_count=self.shards,
-            first_error="line 1: missing 'custom_id'" if self.invalid else "",
-        )
-
-    @activity.defn(name="run_shard")
-    async def run_shard(self, params: ShardInput) -> ShardResult:
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            await asyncio.sleep(self.shard_delay)
-            self.shard_runs.append(params.shard)
-            return ShardResult(shard=params.shard, completed=SHARD_ITEMS - 1, failed=1)
-        finally:
-            self.in_flight -= 1
-
-    @activity.defn(name="merge_results")
-    async def merge_results(self, params: MergeInput) -> MergeResult:
-        self.merges.append(params)
-        done = len(self.shard_runs)
-        return MergeResult(
-            completed=done * (SHARD_ITEMS - 1),
-            failed=done + self.invalid,
-            output_key="out",
-            error_key="err",
-        )
 
 
 @pytest.fixture(scope="module")
 async def env() -> AsyncIterator[WorkflowEnvironment]:
-    environment = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(VENV_BIN / "temporal"),
-        dev_server_extra_args=["--dynamic-config-value", "frontend.enableServerVersionCheck=false"],
-    )
+    environment = await start_dev_server()
     try:
         yield environment
     finally:
@@ -89,7 +35,7 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 async def run_batch(
-    env: WorkflowEnvironment, fakes: FakeActivities, **overrides: object
+    env: WorkflowEnvironment, fakes: BatchActivityDoubles, **overrides: object
 ) -> tuple[str, str, asyncio.Task[BatchResult]]:
     queue = f"q-{uuid.uuid4().hex[:8]}"
     batch_id = f"batch_{uuid.uuid4().hex}"
@@ -111,18 +57,18 @@ async def run_batch(
     return queue, batch_id, asyncio.ensure_future(handle.result())
 
 
-def worker(env: WorkflowEnvironment, queue: str, fakes: FakeActivities) -> Worker:
+def worker(env: WorkflowEnvironment, queue: str, fakes: BatchActivityDoubles) -> Worker:
     return Worker(
         env.client,
         task_queue=queue,
         workflows=[BatchWorkflow],
-        activities=[fakes.split_input, fakes.run_shard, fakes.merge_results],
+        activities=fakes.batch(),
         activity_executor=ThreadPoolExecutor(4),
     )
 
 
 async def test_shards_run_once_each_within_the_window(env: WorkflowEnvironment) -> None:
-    fakes = FakeActivities(shards=12, shard_delay=0.05)
+    fakes = BatchActivityDoubles(shards=12, shard_delay=0.05)
     queue, batch_id, result = await run_batch(env, fakes, window=3)
     async with worker(env, queue, fakes):
         outcome = await result
@@ -136,7 +82,7 @@ async def test_shards_run_once_each_within_the_window(env: WorkflowEnvironment) 
 
 
 async def test_long_histories_continue_as_new_and_keep_the_memo(env: WorkflowEnvironment) -> None:
-    fakes = FakeActivities(shards=30)
+    fakes = BatchActivityDoubles(shards=30)
     queue, batch_id, result = await run_batch(env, fakes, window=4, max_history_events=60)
     async with worker(env, queue, fakes):
         outcome = await result
@@ -154,7 +100,7 @@ async def test_long_histories_continue_as_new_and_keep_the_memo(env: WorkflowEnv
 
 
 async def test_no_valid_line_fails_with_the_first_problem(env: WorkflowEnvironment) -> None:
-    fakes = FakeActivities(shards=0, invalid=3)
+    fakes = BatchActivityDoubles(shards=0, invalid=3)
     queue, _, result = await run_batch(env, fakes)
     async with worker(env, queue, fakes):
         with pytest.raises(WorkflowFailureError) as failure:
@@ -165,7 +111,7 @@ async def test_no_valid_line_fails_with_the_first_problem(env: WorkflowEnvironme
 
 
 async def test_cancel_merges_what_finished(env: WorkflowEnvironment) -> None:
-    fakes = FakeActivities(shards=50, shard_delay=0.2)
+    fakes = BatchActivityDoubles(shards=50, shard_delay=0.2)
     queue, batch_id, result = await run_batch(env, fakes, window=2)
     async with worker(env, queue, fakes):
         while len(fakes.shard_runs) < 2:
@@ -181,7 +127,7 @@ async def test_cancel_merges_what_finished(env: WorkflowEnvironment) -> None:
     assert len(fakes.shard_runs) < 50
 
 
-class SlowToCancelShards(FakeActivities):
+class SlowToCancelShards(BatchActivityDoubles):
     """Shards that run until cancelled, then take until `release` to stop, and complete
     with the lines they answered (as run_shard does), 3 each."""
 
@@ -215,7 +161,7 @@ async def test_cancel_shows_before_the_shards_stop_and_counts_their_answers(
         env.client,
         task_queue=queue,
         workflows=[BatchWorkflow],
-        activities=[fakes.split_input, fakes.run_shard, fakes.merge_results],
+        activities=fakes.batch(),
         max_heartbeat_throttle_interval=timedelta(milliseconds=100),
     ):
         while fakes.started < 2:

@@ -3,35 +3,25 @@ batch workflow on a real Temporal dev server, its activities replaced under thei
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from app.services.batches import batch_status
-from kernel.contract import ShardInput, ShardResult
-from tests.integration.test_batch_workflow import (
-    SHARD_ITEMS,
-    VENV_BIN,
-    FakeActivities,
-    run_batch,
-    worker,
-)
+from kernel.contract import ShardResult
+from tests.integration.test_batch_workflow import run_batch, worker
+from tests.support.batch_doubles import SHARD_ITEMS, BatchActivityDoubles, start_dev_server
 
 # Each fake shard held a box for 36 s: at $1 an hour that is one cent a shard.
 SHARD_GPU_SECONDS = 36.0
 
 
-class PricedShards(FakeActivities):
-    @activity.defn(name="run_shard")
-    async def run_shard(self, params: ShardInput) -> ShardResult:
-        await asyncio.sleep(self.shard_delay)
-        self.shard_runs.append(params.shard)
+class PricedShards(BatchActivityDoubles):
+    def shard_result(self, shard: int) -> ShardResult:
         return ShardResult(
-            shard=params.shard,
+            shard=shard,
             completed=SHARD_ITEMS,
             failed=0,
             output_tokens=100,
@@ -41,10 +31,7 @@ class PricedShards(FakeActivities):
 
 @pytest.fixture(scope="module")
 async def env() -> AsyncIterator[WorkflowEnvironment]:
-    environment = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(VENV_BIN / "temporal"),
-        dev_server_extra_args=["--dynamic-config-value", "frontend.enableServerVersionCheck=false"],
-    )
+    environment = await start_dev_server()
     try:
         yield environment
     finally:

@@ -16,65 +16,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from kernel.contract import (
     BatchInput,
-    CapacityInput,
-    CapacityResult,
-    MergeInput,
-    MergeResult,
     ProcessInput,
-    ProcessResult,
-    ShardInput,
     ShardResult,
-    SplitInput,
-    SplitResult,
 )
+from tests.support.batch_doubles import SHARD_ITEMS, BatchActivityDoubles, start_dev_server
 from workers.workflows.batch import BatchWorkflow
 from workers.workflows.process import ProcessWorkflow
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
-VENV_BIN = Path(sys.executable).parent
-SHARD_ITEMS = 10
 
 
-class Activities:
-    """The batch and process activities, replaced under their real names."""
+class Activities(BatchActivityDoubles):
+    """Shards that also report tokens, GPU time and a box, as real ones do."""
 
-    def __init__(self, shards: int, invalid: int = 0, shard_delay: float = 0.0) -> None:
-        self.shards = shards
-        self.invalid = invalid
-        self.shard_delay = shard_delay
-        self.done = 0
-
-    @activity.defn(name="split_input")
-    async def split_input(self, params: SplitInput) -> SplitResult:
-        total = self.shards * SHARD_ITEMS + self.invalid
-        return SplitResult(
-            total=total,
-            valid=total - self.invalid,
-            invalid=self.invalid,
-            shard_count=self.shards,
-            first_error="line 1: missing 'custom_id'" if self.invalid else "",
-        )
-
-    @activity.defn(name="run_shard")
-    async def run_shard(self, params: ShardInput) -> ShardResult:
-        await asyncio.sleep(self.shard_delay)
-        self.done += 1
+    def shard_result(self, shard: int) -> ShardResult:
         return ShardResult(
-            shard=params.shard,
+            shard=shard,
             completed=SHARD_ITEMS - 1,
             failed=1,
             input_tokens=7,
@@ -82,32 +49,6 @@ class Activities:
             gpu_seconds=0.01,
             box="replay",
         )
-
-    @activity.defn(name="merge_results")
-    async def merge_results(self, params: MergeInput) -> MergeResult:
-        return MergeResult(
-            completed=self.done * (SHARD_ITEMS - 1),
-            failed=self.done + self.invalid,
-            output_key=f"batches/{params.batch_id}/output.jsonl",
-            error_key=f"batches/{params.batch_id}/errors.jsonl",
-        )
-
-    @activity.defn(name="live_capacity")
-    async def live_capacity(self, params: CapacityInput) -> CapacityResult:
-        return CapacityResult(shards=3, boxes=1, slots=4)
-
-    @activity.defn(name="process_request")
-    async def process_request(self, params: ProcessInput) -> ProcessResult:
-        return ProcessResult(output={"custom_id": params.request["custom_id"], "error": None})
-
-    def all(self) -> list[Callable[..., Awaitable[object]]]:
-        return [
-            self.split_input,
-            self.run_shard,
-            self.merge_results,
-            self.live_capacity,
-            self.process_request,
-        ]
 
 
 async def _batch(
@@ -139,7 +80,7 @@ async def _batch(
             memo={"created_at": params.created_at, "metadata": params.metadata},
         )
         if cancel_after:
-            while activities.done < cancel_after:
+            while len(activities.shard_runs) < cancel_after:
                 await asyncio.sleep(0.05)
             await handle.cancel()
         try:
@@ -203,10 +144,7 @@ async def _write_runs(client: Client, workflow_id: str, name: str, out: Path) ->
 
 async def record(out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(VENV_BIN / "temporal"),
-        dev_server_extra_args=["--dynamic-config-value", "frontend.enableServerVersionCheck=false"],
-    )
+    env = await start_dev_server()
     try:
         client = env.client
         scenarios = {
