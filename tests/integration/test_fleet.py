@@ -205,8 +205,8 @@ def test_two_boxes_report_their_slots_and_capacity(fleet: tuple[Stack, Box]) -> 
 
 
 def test_two_batches_share_the_fleet(fleet: tuple[Stack, Box]) -> None:
-    stack, _ = fleet
-    wait_for(lambda: len(live_boxes(stack)) == 2, 60, "two live boxes")
+    stack, box_b = fleet
+    both_boxes_live(stack, box_b)
     count = 600
     first, second = (
         batches.submit(
@@ -235,7 +235,7 @@ def test_two_batches_share_the_fleet(fleet: tuple[Stack, Box]) -> None:
 
 def test_a_box_lost_mid_batch_hands_its_shards_over(fleet: tuple[Stack, Box]) -> None:
     stack, box_b = fleet
-    wait_for(lambda: len(live_boxes(stack)) == 2, 60, "two live boxes")
+    both_boxes_live(stack, box_b)
     started = time.monotonic()
     batch = batches.submit(
         stack, items=batches.chat_items(ITEMS, prefix="f", max_tokens=16), shard_size=SHARD
@@ -289,7 +289,7 @@ def test_a_box_added_mid_batch_takes_shards(fleet: tuple[Stack, Box]) -> None:
 
 def test_a_box_whose_llama_server_dies_hands_its_shards_over(fleet: tuple[Stack, Box]) -> None:
     """box-b's llama-server is killed and stays down while its worker lives: within about
-    LLAMA_DOWN_HANDOVER_SECONDS (15 s) box-b gives its shards back, keeping what it answered,
+    LLAMA_DOWN_HANDOVER_SECONDS (10 s) box-b gives its shards back, keeping what it answered,
     and takes no new ones; box-a runs them. When llama-server is back box-b takes shards
     again."""
     stack, box_b = fleet
