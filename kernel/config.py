@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     LLAMA_EXTRA_ARGS: str = ""
     LLAMA_REQUEST_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 600.0
     # A box whose llama-server answers nothing for this long hands its shards over (0: off).
-    LLAMA_DOWN_HANDOVER_SECONDS: Annotated[float, Field(ge=0)] = 15.0
+    LLAMA_DOWN_HANDOVER_SECONDS: Annotated[float, Field(ge=0)] = 10.0
 
     # Workers and on-demand start
     BOX_NAME: str = ""
