@@ -9,7 +9,6 @@ stale after BOX_LIVE_SECONDS; one whose llama-server is down reports 0 slots.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import logging
@@ -20,6 +19,7 @@ import aiohttp
 from minio import Minio
 
 from kernel.contract import BOX_REPORT_SECONDS, BoxRecord, box_key
+from kernel.periodic import Periodic
 from workers.llama import LlamaClient
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,9 @@ class BoxReporter:
         self.llama = llama
         self.shard_room = shard_room
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(
+            "box-reporter", self.report_once, interval, logger, f"box {box}: publishing its record"
+        )
         self._last = (time.monotonic(), 0, 0)
 
     async def record(self) -> BoxRecord:
@@ -117,24 +119,10 @@ class BoxReporter:
         await asyncio.to_thread(self._put, record)
         return record
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.report_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # S3 down or the bucket not made yet: try again later
-                logger.warning("box %s: could not publish its record: %s", self.box, exc)
-            await asyncio.sleep(self.interval)
-
     def start(self) -> None:
-        if self._task is None:
+        if not self._loop.running:
             logger.info("box %s reports to %s every %gs", self.box, self.bucket, self.interval)
-            self._task = asyncio.create_task(self._run(), name="box-reporter")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()

@@ -12,7 +12,6 @@ none while llama-server is gone, so the box's pollers wait instead of taking sha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -25,6 +24,8 @@ from temporalio.worker import (
     SlotReleaseContext,
     SlotReserveContext,
 )
+
+from kernel.periodic import Periodic
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class LlamaHealth:
     """Since when llama-server has been failing without one answer in between.
 
     Fed by every request the worker sends (`answered` on any non-transient answer, `failed`
-    on a transient failure) and by `LlamaWatch`'s probe, which also notices a llama-server
+    on a transient failure) and by `llama_watch`'s probe, which also notices a llama-server
     that accepts connections but answers nothing (stopped, hung).
     """
 
@@ -165,31 +166,6 @@ class ShardSlots(CustomSlotSupplier):
             self.used -= 1
 
 
-class LlamaWatch:
+def llama_watch(probe: Callable[[], Awaitable[None]], interval: float = PROBE_SECONDS) -> Periodic:
     """Probes llama-server every PROBE_SECONDS for the whole life of the GPU worker."""
-
-    def __init__(self, probe: Callable[[], Awaitable[None]], interval: float = PROBE_SECONDS):
-        self.probe = probe
-        self.interval = interval
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.probe()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a probe bug must not end the watch
-                logger.warning("probing llama-server: %r", exc)
-            await asyncio.sleep(self.interval)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="llama-watch")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    return Periodic("llama-watch", probe, interval, logger, "probing llama-server")

@@ -14,12 +14,13 @@ from typing import Any
 from temporalio.worker import FixedSizeSlotSupplier, WorkerTuner
 
 from kernel.config import Settings
+from kernel.periodic import Periodic
 from kernel.storage import ensure_bucket, make_minio
 from workers.activities.batch_io import BatchIOActivities
 from workers.activities.capacity import CapacityActivities
 from workers.activities.inference import InferenceActivities
 from workers.box import BoxReporter, MeteredLlama
-from workers.health import LlamaHealth, LlamaWatch, ShardSlots
+from workers.health import LlamaHealth, ShardSlots, llama_watch
 from workers.llama import LlamaClient
 from workers.workflows.batch import BatchWorkflow
 from workers.workflows.process import ProcessWorkflow
@@ -59,7 +60,7 @@ class Registry:
     urgent_max_concurrent_activities: int | None = None
     _llama: LlamaClient | None = field(default=None, repr=False)
     box_reporter: BoxReporter | None = None
-    llama_watch: LlamaWatch | None = None
+    llama_watch: Periodic | None = None
 
     def start(self) -> None:
         """Starts what runs beside the worker (the GPU box's record and llama-server probe);
@@ -123,5 +124,5 @@ def build_registry(queue: str, settings: Settings) -> Registry:
             llama,
             shard_room=GPU_CONCURRENT_SHARDS,
         ),
-        llama_watch=LlamaWatch(llama.check_health),
+        llama_watch=llama_watch(llama.check_health),
     )

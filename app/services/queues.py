@@ -16,6 +16,7 @@ from app.services.temporal import TaskQueueState, TemporalService
 from kernel.boxes import read_boxes
 from kernel.config import Settings
 from kernel.contract import BATCH_WORKFLOW
+from kernel.periodic import Periodic
 from kernel.supervisor import (
     RUNNING_STATES,
     WORKER_PROGRAMS,
@@ -105,7 +106,14 @@ class Reconciler:
         self.settings = settings
         self.temporal = temporal
         self.supervisor = supervisor
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(
+            "worker-reconciler",
+            self.reconcile_once,
+            settings.RECONCILE_INTERVAL_SECONDS,
+            logger,
+            "reconciler",
+            failure_level=logging.DEBUG,
+        )
 
     async def reconcile_once(self) -> list[str]:
         """Returns the programs it started."""
@@ -164,25 +172,8 @@ class Reconciler:
         )
         return running.count > 0
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.reconcile_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a dependency being down must not end the loop
-                logger.debug("reconciler: %s", exc)
-            await asyncio.sleep(self.settings.RECONCILE_INTERVAL_SECONDS)
-
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="worker-reconciler")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._loop.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -21,17 +20,10 @@ from kernel.contract import (
     ShardInput,
     ShardResult,
 )
-from tests.support.batch_doubles import SHARD_ITEMS, BatchActivityDoubles, start_dev_server
+from tests.support.batch_doubles import SHARD_ITEMS, BatchActivityDoubles, dev_server_env
 from workers.workflows.batch import BatchWorkflow
 
-
-@pytest.fixture(scope="module")
-async def env() -> AsyncIterator[WorkflowEnvironment]:
-    environment = await start_dev_server()
-    try:
-        yield environment
-    finally:
-        await environment.shutdown()
+env = pytest.fixture(scope="module", name="env")(dev_server_env)
 
 
 async def run_batch(

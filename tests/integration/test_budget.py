@@ -3,8 +3,6 @@ batch workflow on a real Temporal dev server, its activities replaced under thei
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
@@ -12,7 +10,7 @@ from temporalio.testing import WorkflowEnvironment
 from app.services.batches import batch_status
 from kernel.contract import ShardResult
 from tests.integration.test_batch_workflow import run_batch, worker
-from tests.support.batch_doubles import SHARD_ITEMS, BatchActivityDoubles, start_dev_server
+from tests.support.batch_doubles import SHARD_ITEMS, BatchActivityDoubles, dev_server_env
 
 # Each fake shard held a box for 36 s: at $1 an hour that is one cent a shard.
 SHARD_GPU_SECONDS = 36.0
@@ -29,13 +27,7 @@ class PricedShards(BatchActivityDoubles):
         )
 
 
-@pytest.fixture(scope="module")
-async def env() -> AsyncIterator[WorkflowEnvironment]:
-    environment = await start_dev_server()
-    try:
-        yield environment
-    finally:
-        await environment.shutdown()
+env = pytest.fixture(scope="module", name="env")(dev_server_env)
 
 
 async def test_budget_stops_the_batch_as_a_cancel_keeping_results(

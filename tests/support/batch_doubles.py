@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from temporalio import activity
@@ -34,6 +34,15 @@ async def start_dev_server() -> WorkflowEnvironment:
         dev_server_existing_path=str(VENV_BIN / "temporal"),
         dev_server_extra_args=["--dynamic-config-value", "frontend.enableServerVersionCheck=false"],
     )
+
+
+async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A test module's `env` fixture: `env = pytest.fixture(scope="module")(dev_server_env)`."""
+    environment = await start_dev_server()
+    try:
+        yield environment
+    finally:
+        await environment.shutdown()
 
 
 class BatchActivityDoubles:
