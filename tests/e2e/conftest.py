@@ -77,7 +77,22 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
         )
     if not (INSTANCE_VENV / "bin" / "python").exists():
         pytest.skip(f"the project virtualenv is missing at {INSTANCE_VENV}; run 'make setup'")
-    folder = tmp_path_factory.mktemp("sshd")
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield server
+    finally:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+def start_sshd(folder: Path) -> SshServer:
+    """A private sshd on a free port of 127.0.0.1 that accepts one generated key (in
+    `folder`); running once it answers."""
+    folder.mkdir(parents=True, exist_ok=True)
     for name in ("host_key", "client_key"):
         subprocess.run(
             [
@@ -132,16 +147,13 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     server = SshServer(port, getpass.getuser(), folder / "client_key", folder, process)
     try:
         wait_for(lambda: port_is_open(port) or process.poll() is not None, 15, "sshd")
-        if process.poll() is not None:
-            raise AssertionError(f"sshd exited:\n{server.log}")
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    if process.poll() is not None:
+        raise AssertionError(f"sshd exited:\n{server.log}")
+    return server
 
 
 def copy_source(destination: Path) -> Path:

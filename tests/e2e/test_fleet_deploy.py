@@ -9,7 +9,6 @@ healthy and `fleet stop` stops both.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import signal
@@ -28,12 +27,12 @@ from tests.e2e.conftest import (
     API_KEY,
     INSTANCE_VENV,
     MINIO_SECRET_KEY,
-    SSHD,
     Deployer,
     SshServer,
     copy_source,
     port_is_open,
     stack_settings,
+    start_sshd,
     wait_for,
 )
 from tests.support.stack import REPO_ROOT, free_port, free_port_block
@@ -42,37 +41,6 @@ pytestmark = pytest.mark.e2e
 
 ITEMS = 1200
 SHARD = 50
-
-
-def start_sshd(folder: Path) -> SshServer:
-    """A second private sshd, configured like the session one (tests/e2e/conftest.py)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    key_args = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f"]
-    for name in ("host_key", "client_key"):
-        subprocess.run([*key_args, str(folder / name)], check=True)
-    (folder / "client_key").chmod(0o600)
-    (folder / "authorized_keys").write_bytes((folder / "client_key.pub").read_bytes())
-    port = free_port()
-    config = folder / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host_key'}\n"
-        f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPidFile {folder / 'sshd.pid'}\n"
-        "StrictModes no\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n"
-        "AllowTcpForwarding yes\nMaxStartups 50\nMaxSessions 50\n"
-    )
-    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-    with open(folder / "sshd.log", "wb") as log:
-        process = subprocess.Popen(
-            [str(SSHD), "-D", "-e", "-f", str(config.resolve())],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    server = SshServer(port, getpass.getuser(), folder / "client_key", folder, process)
-    wait_for(lambda: port_is_open(port) or process.poll() is not None, 15, "the second sshd")
-    assert process.poll() is None, server.log
-    return server
 
 
 def stop(process: subprocess.Popen[Any], timeout: float = 30) -> None:
