@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from temporalio import activity
+from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -158,6 +159,36 @@ def worker_identity_pid(identity: str) -> int:
     return int(identity.rsplit(":", 1)[1])
 
 
+def shards_running_on(stack: Stack, batch_id: str, box: Box) -> int:
+    """How many of the batch's shards the box's worker is running now (from the workflow's
+    pending activities and the identity of the worker that took each)."""
+    assert box.worker is not None
+    pid = box.worker.pid
+
+    async def pending() -> int:
+        client = await Client.connect(stack.env["TEMPORAL_ADDRESS"])
+        description = await client.get_workflow_handle(batch_id).describe()
+        return sum(
+            1
+            for item in description.raw_description.pending_activities
+            if item.activity_type.name == "run_shard"
+            and item.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+            and item.last_worker_identity
+            and worker_identity_pid(item.last_worker_identity) == pid
+        )
+
+    return asyncio.run(pending())
+
+
+def wait_box_busy(stack: Stack, batch_id: str, box: Box, answered: int) -> None:
+    """Until the box has answered `answered` requests of the batch and is running a shard
+    of it: a box lost then always has something to hand over."""
+    batches.wait_until(
+        stack, batch_id, lambda b: b["boxes"].get(box.name, 0) >= answered, timeout=180
+    )
+    wait_for(lambda: shards_running_on(stack, batch_id, box) > 0, 120, f"{box.name} busy")
+
+
 def stored_results(stack: Stack, batch_id: str, shard_count: int) -> tuple[bytes, list[str]]:
     """What the bucket says the batch's results are (the latest attempt of each shard), and
     every result object it holds."""
@@ -240,9 +271,7 @@ def test_a_box_lost_mid_batch_hands_its_shards_over(fleet: tuple[Stack, Box]) ->
     batch = batches.submit(
         stack, items=batches.chat_items(ITEMS, prefix="f", max_tokens=16), shard_size=SHARD
     )
-    batches.wait_until(
-        stack, batch["id"], lambda b: b["boxes"].get("box-b", 0) >= 2 * SHARD, timeout=180
-    )
+    wait_box_busy(stack, batch["id"], box_b, 2 * SHARD)
     box_b.kill()
     killed = time.time()
     done = batches.wait_terminal(stack, batch["id"], timeout=600)
@@ -297,9 +326,7 @@ def test_a_box_whose_llama_server_dies_hands_its_shards_over(fleet: tuple[Stack,
     batch = batches.submit(
         stack, items=batches.chat_items(ITEMS, prefix="d", max_tokens=16), shard_size=SHARD
     )
-    batches.wait_until(
-        stack, batch["id"], lambda b: b["boxes"].get("box-b", 0) >= SHARD, timeout=180
-    )
+    wait_box_busy(stack, batch["id"], box_b, SHARD)
     assert box_b.worker is not None
     worker_pid = box_b.worker.pid
     box_b.kill_llama()
@@ -350,9 +377,7 @@ def test_a_box_cut_off_whole_hands_its_shards_over_and_writes_nothing_over_them(
     batch = batches.submit(
         stack, items=batches.chat_items(ITEMS, prefix="p", max_tokens=16), shard_size=SHARD
     )
-    batches.wait_until(
-        stack, batch["id"], lambda b: b["boxes"].get("box-b", 0) >= SHARD, timeout=180
-    )
+    wait_box_busy(stack, batch["id"], box_b, SHARD)
     box_b.pause()
     paused = time.time()
     try:
