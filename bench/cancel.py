@@ -29,7 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.stack import start_stack  # noqa: E402
+from harness.stack import start_stack  # noqa: E402
 
 TERMINAL = {"completed", "failed", "cancelled"}
 

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from temporalio.client import Client  # noqa: E402
 
-from tests.support import batches  # noqa: E402
-from tests.support.fleet import Box  # noqa: E402
-from tests.support.stack import Stack, start_stack  # noqa: E402
+from harness import batches  # noqa: E402
+from harness.fleet import Box  # noqa: E402
+from harness.stack import Stack, start_stack  # noqa: E402
 
 
 async def history_events(address: str, batch_id: str) -> list[int]:

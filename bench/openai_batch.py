@@ -30,7 +30,7 @@ from openai import OpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.stack import Stack, start_stack  # noqa: E402
+from harness.stack import Stack, start_stack  # noqa: E402
 
 OVER = {"completed", "failed", "cancelled", "expired"}
 

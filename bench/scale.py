@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from temporalio.client import Client  # noqa: E402
 
-from tests.support.stack import Stack, start_stack  # noqa: E402
+from harness.stack import Stack, start_stack  # noqa: E402
 
 PROGRAMS = ("fastapi", "worker-cpu", "worker-gpu")
 

@@ -25,8 +25,8 @@ from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernel.contract import BatchInput  # noqa: E402
-from tests.replay.record import Activities  # noqa: E402
+from harness.batch_doubles import ReportingBatchDoubles as Activities  # noqa: E402
+from kernel.inputs import BatchInput  # noqa: E402
 from workers.workflows.batch import BatchWorkflow  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent

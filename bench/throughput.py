@@ -37,7 +37,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.stack import Stack, start_stack  # noqa: E402
+from harness.stack import Stack, start_stack  # noqa: E402
 
 TERMINAL = {"completed", "failed", "cancelled"}
 

@@ -12,8 +12,41 @@ import time
 
 from minio import Minio
 from minio.error import S3Error
+from pydantic import BaseModel, ConfigDict, Field
 
-from kernel.contract import BOX_LIVE_SECONDS, BOXES_PREFIX, BoxRecord
+from kernel.keys import BOXES_PREFIX
+
+# The fleet: each GPU worker publishes its box record every BOX_REPORT_SECONDS; a record
+# whose object is older than BOX_LIVE_SECONDS is a box that is gone.
+BOX_REPORT_SECONDS = 5.0
+BOX_LIVE_SECONDS = 20.0
+
+
+class BoxRecord(BaseModel):
+    """What one GPU worker says about its box (written by the worker, read by the API and
+    the capacity activity)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    box: str
+    task_queue: str = ""
+    slots: int = Field(default=0, description="llama-server's total_slots; 0 while it is down.")
+    shard_room: int = Field(default=0, description="Shard activities the worker runs at once.")
+    in_flight: int = Field(default=0, description="Requests sent to llama-server, not answered.")
+    requests_per_s: float = 0.0
+    tokens_per_s: float = Field(default=0.0, description="Generated (completion) tokens/s.")
+    requests_total: int = 0
+    last_seen: float = Field(default=0.0, description="Unix time the record was written.")
+    live: bool = Field(default=True, description="Written within the last BOX_LIVE_SECONDS.")
+
+    def shards_wanted(self, shard_size: int) -> int:
+        """Shards that keep this box's slots busy: enough to fill them, plus one whose
+        requests take over the slots of a shard that is finishing; never more than the
+        worker runs at once. A box whose llama-server is down wants none."""
+        if self.slots <= 0 or not self.live:
+            return 0
+        wanted = -(-self.slots // max(shard_size, 1)) + 1
+        return min(wanted, self.shard_room) if self.shard_room > 0 else wanted
 
 
 def read_boxes(

@@ -12,13 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, NoReturn
 
-from kernel.contract import (
-    CHAT_COMPLETIONS,
-    COMPLETIONS,
-    EMBEDDINGS,
-    ENDPOINTS,
-    MAX_LINE_BYTES,
-)
+from kernel.endpoints import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, ENDPOINTS, MAX_LINE_BYTES
 
 MAX_CUSTOM_ID_LENGTH = 512
 # JSON nesting deeper than this is refused (llama-server requests are a few levels deep);

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from minio import Minio
 from minio.error import S3Error
 
-from kernel.contract import invalid_lines_key, latest_results, results_prefix
 from kernel.jsonl import iter_result_lines
+from kernel.keys import invalid_lines_key, latest_results, results_prefix
 
 READ_CHUNK_BYTES = 1 << 20
 _MISSING = ("NoSuchKey", "NoSuchObject", "NotFound")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.stack import Stack, start_stack
+from harness.stack import Stack, start_stack
 
 # Workers exit after this many idle seconds in the shared stack, so the idle-exit
 # behaviour is exercised without slowing the other tests much.

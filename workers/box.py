@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 from minio import Minio
 
-from kernel.contract import BOX_REPORT_SECONDS, BoxRecord, box_key
+from kernel.boxes import BOX_REPORT_SECONDS, BoxRecord
+from kernel.keys import box_key
 from kernel.periodic import Periodic
 from workers.llama import LlamaClient
 

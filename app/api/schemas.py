@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kernel.contract import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, BatchStatus
+from kernel.contract import BatchStatus
+from kernel.endpoints import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
 from kernel.supervisor import StartOutcome
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]

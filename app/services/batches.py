@@ -33,18 +33,10 @@ from app.core.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailab
 from app.services.pricing import gpu_price_per_hour
 from app.services.temporal import TemporalService, TemporalUnavailable
 from kernel.config import Settings
-from kernel.contract import (
-    BATCH_WORKFLOW,
-    MAX_LINE_BYTES,
-    BatchErrors,
-    BatchInput,
-    BatchState,
-    BatchStatus,
-    completion_window_seconds,
-    errors_key,
-    input_key,
-    output_key,
-)
+from kernel.contract import BatchErrors, BatchState, BatchStatus, completion_window_seconds
+from kernel.endpoints import MAX_LINE_BYTES
+from kernel.inputs import BATCH_WORKFLOW, BatchInput
+from kernel.keys import errors_key, input_key, output_key
 from kernel.lines import LineError, check_json_value
 from kernel.results import ShardResults
 from kernel.storage import stream_object

@@ -35,14 +35,8 @@ from minio.error import S3Error
 
 from app.core.errors import InvalidRequest, NotFound, ServiceUnavailable
 from kernel.config import Settings
-from kernel.contract import (
-    FILES_PREFIX,
-    MAX_LINE_BYTES,
-    errors_key,
-    file_key,
-    input_key,
-    output_key,
-)
+from kernel.endpoints import MAX_LINE_BYTES
+from kernel.keys import FILES_PREFIX, errors_key, file_key, input_key, output_key
 from kernel.storage import stream_object
 
 logger = logging.getLogger(__name__)

@@ -37,7 +37,8 @@ from app.services.batches import batch_status
 from app.services.queues import queue_states
 from app.services.temporal import TemporalService
 from kernel.config import Settings
-from kernel.contract import BATCH_WORKFLOW, BatchStatus
+from kernel.contract import BatchStatus
+from kernel.inputs import BATCH_WORKFLOW
 from kernel.supervisor import StartResult, SupervisorControl
 
 logger = logging.getLogger(__name__)

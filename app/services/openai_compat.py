@@ -12,7 +12,8 @@ from app.services.files import FileService, batch_file_id, file_id_for_key
 from app.services.llama import LlamaProbe, LlamaUnavailable
 from app.services.process import ProcessService
 from kernel.config import Settings
-from kernel.contract import ENDPOINTS, BatchStatus
+from kernel.contract import BatchStatus
+from kernel.endpoints import ENDPOINTS
 from kernel.lines import LineError, normalize_request
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from app.services.batches import START_TIMEOUT, idempotent_id, temporal_client
 from app.services.temporal import TemporalService
 from app.services.workers import WorkerStarter
 from kernel.config import Settings
-from kernel.contract import PROCESS_WORKFLOW, ProcessInput, ProcessResult
+from kernel.inputs import PROCESS_WORKFLOW, ProcessInput, ProcessResult
 
 logger = logging.getLogger(__name__)
 

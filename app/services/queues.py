@@ -15,7 +15,7 @@ from minio.error import S3Error
 from app.services.temporal import TaskQueueState, TemporalService
 from kernel.boxes import read_boxes
 from kernel.config import Settings
-from kernel.contract import BATCH_WORKFLOW
+from kernel.inputs import BATCH_WORKFLOW
 from kernel.periodic import Periodic
 from kernel.supervisor import (
     RUNNING_STATES,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.stack import free_port, free_port_block
 from kernel.supervisor import RUNNING_STATES, SupervisorControl, SupervisorUnavailable
-from tests.support.stack import free_port, free_port_block
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTANCE_VENV = REPO_ROOT / ".venv"

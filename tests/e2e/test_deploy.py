@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from harness.stack import free_port
 from tests.e2e.conftest import (
     API_KEY,
     MINIO_SECRET_KEY,
@@ -31,7 +32,6 @@ from tests.e2e.conftest import (
     port_is_open,
     wait_for,
 )
-from tests.support.stack import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.stack import free_port
 from tests.e2e.conftest import Deployer, DeployResult, port_is_open, wait_for
-from tests.support.stack import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from harness.stack import REPO_ROOT, free_port, free_port_block
 from tests.e2e.conftest import (
     API_KEY,
     INSTANCE_VENV,
@@ -35,7 +36,6 @@ from tests.e2e.conftest import (
     start_sshd,
     wait_for,
 )
-from tests.support.stack import REPO_ROOT, free_port, free_port_block
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from tests.support.stack import Stack
+from harness.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -14,13 +14,8 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from kernel.contract import (
-    BatchInput,
-    BatchResult,
-    ShardInput,
-    ShardResult,
-)
-from tests.support.batch_doubles import SHARD_ITEMS, BatchActivityDoubles, dev_server_env
+from harness.batch_doubles import SHARD_ITEMS, BatchActivityDoubles, dev_server_env
+from kernel.inputs import BatchInput, BatchResult, ShardInput, ShardResult
 from workers.workflows.batch import BatchWorkflow
 
 env = pytest.fixture(scope="module", name="env")(dev_server_env)

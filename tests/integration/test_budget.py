@@ -8,9 +8,9 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from app.services.batches import batch_status
-from kernel.contract import ShardResult
+from harness.batch_doubles import SHARD_ITEMS, BatchActivityDoubles, dev_server_env
+from kernel.inputs import ShardResult
 from tests.integration.test_batch_workflow import run_batch, worker
-from tests.support.batch_doubles import SHARD_ITEMS, BatchActivityDoubles, dev_server_env
 
 # Each fake shard held a box for 36 s: at $1 an hour that is one cent a shard.
 SHARD_GPU_SECONDS = 36.0

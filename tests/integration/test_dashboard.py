@@ -28,8 +28,8 @@ import pytest
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
 
+from harness.stack import free_port
 from kernel.config import Settings
-from tests.support.stack import free_port
 
 pytestmark = pytest.mark.integration
 

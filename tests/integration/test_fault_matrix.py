@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from tests.support import batches
-from tests.support.stack import Stack
+from harness import batches
+from harness.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,10 @@ from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from kernel.contract import (
+from harness import batches
+from harness.fleet import Box
+from harness.stack import Stack, start_stack
+from kernel.inputs import (
     BatchInput,
     CapacityInput,
     CapacityResult,
@@ -34,12 +37,9 @@ from kernel.contract import (
     ShardResult,
     SplitInput,
     SplitResult,
-    results_prefix,
 )
+from kernel.keys import results_prefix
 from kernel.results import ShardResults
-from tests.support import batches
-from tests.support.fleet import Box
-from tests.support.stack import Stack, start_stack
 from workers.activities.capacity import CapacityActivities
 from workers.workflows.batch import BatchWorkflow
 

@@ -12,8 +12,8 @@ import uuid
 import pytest
 from minio.error import S3Error
 
-from tests.support import batches
-from tests.support.stack import Stack
+from harness import batches
+from harness.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import pytest
 from openai import OpenAI
 from openai.types import Batch
 
-from tests.support import batches
-from tests.support.stack import Stack
+from harness import batches
+from harness.stack import Stack
 
 pytestmark = pytest.mark.integration
 

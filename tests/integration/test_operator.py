@@ -16,9 +16,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import batches
+from harness.stack import REPO_ROOT, Stack, free_port
 from kernel.config import Settings
-from tests.support import batches
-from tests.support.stack import REPO_ROOT, Stack, free_port
 
 pytestmark = pytest.mark.integration
 

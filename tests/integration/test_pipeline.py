@@ -11,8 +11,8 @@ import time
 import pytest
 from temporalio.client import Client
 
-from tests.support import batches
-from tests.support.stack import Stack
+from harness import batches
+from harness.stack import Stack
 
 pytestmark = pytest.mark.integration
 

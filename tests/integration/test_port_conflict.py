@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.stack import REPO_ROOT, Stack, start_stack
 from kernel.config import Settings
-from tests.support.stack import REPO_ROOT, Stack, start_stack
 
 
 @pytest.fixture(scope="module")

@@ -62,8 +62,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import batches
-from tests.support.stack import REPO_ROOT, Stack, stack_environment
+from harness import batches
+from harness.stack import REPO_ROOT, Stack, stack_environment
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,9 @@ import time
 import pytest
 from temporalio.client import Client
 
-from kernel.contract import BATCH_WORKFLOW, BatchInput, BatchResult, input_key
-from tests.support.stack import REPO_ROOT, Stack, free_port
+from harness.stack import REPO_ROOT, Stack, free_port
+from kernel.inputs import BATCH_WORKFLOW, BatchInput, BatchResult
+from kernel.keys import input_key
 
 pytestmark = pytest.mark.integration
 

@@ -24,31 +24,13 @@ from pathlib import Path
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
-from kernel.contract import (
-    BatchInput,
-    ProcessInput,
-    ShardResult,
-)
-from tests.support.batch_doubles import SHARD_ITEMS, BatchActivityDoubles, start_dev_server
+from harness.batch_doubles import ReportingBatchDoubles as Activities
+from harness.batch_doubles import start_dev_server
+from kernel.inputs import BatchInput, ProcessInput
 from workers.workflows.batch import BatchWorkflow
 from workers.workflows.process import ProcessWorkflow
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
-
-
-class Activities(BatchActivityDoubles):
-    """Shards that also report tokens, GPU time and a box, as real ones do."""
-
-    def shard_result(self, shard: int) -> ShardResult:
-        return ShardResult(
-            shard=shard,
-            completed=SHARD_ITEMS - 1,
-            failed=1,
-            input_tokens=7,
-            output_tokens=5,
-            gpu_seconds=0.01,
-            box="replay",
-        )
 
 
 async def _batch(

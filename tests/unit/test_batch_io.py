@@ -11,7 +11,8 @@ import pytest
 from minio.error import S3Error
 from temporalio.testing import ActivityEnvironment
 
-from kernel.contract import MergeInput, SplitInput, invalid_lines_key, result_key, shard_key
+from kernel.inputs import MergeInput, SplitInput
+from kernel.keys import invalid_lines_key, result_key, shard_key
 from workers.activities import batch_io
 from workers.activities.batch_io import BatchIOActivities
 

@@ -9,8 +9,8 @@ from types import ModuleType
 
 import pytest
 
-from kernel.boxes import shards_for
-from kernel.contract import BoxRecord, box_key
+from kernel.boxes import BoxRecord, shards_for
+from kernel.keys import box_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

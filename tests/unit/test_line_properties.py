@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernel.contract import ENDPOINTS, MAX_LINE_BYTES
+from kernel.endpoints import ENDPOINTS, MAX_LINE_BYTES
 from kernel.jsonl import TooLong, iter_lines
 from kernel.lines import MAX_DEPTH, LineError, parse_line
 

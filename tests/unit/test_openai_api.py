@@ -21,9 +21,8 @@ from kernel.contract import (
     RequestCounts,
     Usage,
     completion_window_seconds,
-    errors_key,
-    output_key,
 )
+from kernel.keys import errors_key, output_key
 from tests.unit.test_api import settings
 
 AUTH = {"Authorization": "Bearer sekret-0123456789"}

@@ -17,7 +17,8 @@ from temporalio.activity import ActivityCancellationDetails
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from kernel.contract import ShardInput, ShardResult, result_key, shard_key
+from kernel.inputs import ShardInput, ShardResult
+from kernel.keys import result_key, shard_key
 from kernel.results import ShardResults
 from workers.activities.inference import HANDOVER_RETRY_DELAY, InferenceActivities
 from workers.health import LlamaHealth

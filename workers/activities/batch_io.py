@@ -26,20 +26,10 @@ from minio.error import S3Error
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from kernel.contract import (
-    MAX_LINE_BYTES,
-    MAX_SHARD_BYTES,
-    MergeInput,
-    MergeResult,
-    SplitInput,
-    SplitResult,
-    errors_key,
-    invalid_lines_key,
-    output_key,
-    shard_key,
-    summary_key,
-)
+from kernel.endpoints import MAX_LINE_BYTES
+from kernel.inputs import MAX_SHARD_BYTES, MergeInput, MergeResult, SplitInput, SplitResult
 from kernel.jsonl import TooLong, iter_lines
+from kernel.keys import errors_key, invalid_lines_key, output_key, shard_key, summary_key
 from kernel.lines import LineError, parse_line
 from kernel.results import READ_CHUNK_BYTES, ShardResults
 

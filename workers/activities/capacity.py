@@ -7,7 +7,7 @@ from minio import Minio
 from temporalio import activity
 
 from kernel.boxes import read_boxes, shards_for
-from kernel.contract import CapacityInput, CapacityResult
+from kernel.inputs import CapacityInput, CapacityResult
 
 
 class CapacityActivities:

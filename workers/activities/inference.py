@@ -15,17 +15,9 @@ from minio import Minio
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from kernel.contract import (
-    ProcessInput,
-    ProcessResult,
-    ShardInput,
-    ShardResult,
-    parse_result_key,
-    result_key,
-    shard_key,
-    shard_results_prefix,
-)
+from kernel.inputs import ProcessInput, ProcessResult, ShardInput, ShardResult
 from kernel.jsonl import iter_result_lines
+from kernel.keys import parse_result_key, result_key, shard_key, shard_results_prefix
 from workers.health import LlamaHealth
 from workers.llama import LlamaClient, LlamaUnavailable
 

@@ -17,24 +17,20 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from kernel.contract import (
+    from kernel.contract import BatchErrors, BatchStatus, RequestCounts, batch_cost_usd
+    from kernel.inputs import (
         BATCH_WORKFLOW,
-        BatchErrors,
         BatchInput,
         BatchProgress,
         BatchResult,
-        BatchStatus,
         CapacityInput,
         MergeInput,
         MergeResult,
-        RequestCounts,
         ShardInput,
         ShardResult,
         SplitInput,
-        batch_cost_usd,
-        errors_key,
-        output_key,
     )
+    from kernel.keys import errors_key, output_key
     from workers.activities.batch_io import BatchIOActivities
     from workers.activities.capacity import CapacityActivities
     from workers.activities.inference import InferenceActivities

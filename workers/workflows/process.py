@@ -14,7 +14,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
-from kernel.contract import PROCESS_WORKFLOW, ProcessInput, ProcessResult
+from kernel.inputs import PROCESS_WORKFLOW, ProcessInput, ProcessResult
 from workers.activities.inference import InferenceActivities
 
 # The SDK keeps a long local activity's workflow task alive by itself, so a request may take

@@ -16,7 +16,7 @@ from app.api.openai_schemas import (
     OpenAIModelList,
 )
 from app.core.errors import NotFound
-from kernel.contract import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
+from kernel.endpoints import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
 
 router = APIRouter(prefix="/v1", tags=["OpenAI: inference"])
 

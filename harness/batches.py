@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from tests.support.stack import Stack
+from harness.stack import Stack
 
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.stack import REPO_ROOT, Stack, free_port
+from harness.stack import REPO_ROOT, Stack, free_port
 
 
 class Box:

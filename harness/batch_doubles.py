@@ -11,7 +11,7 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 
-from kernel.contract import (
+from kernel.inputs import (
     CapacityInput,
     CapacityResult,
     MergeInput,
@@ -108,3 +108,18 @@ class BatchActivityDoubles:
 
     def all(self) -> list[Callable[..., Awaitable[object]]]:
         return [*self.batch(), self.live_capacity, self.process_request]
+
+
+class ReportingBatchDoubles(BatchActivityDoubles):
+    """Shards that also report tokens, GPU time and a box, as real ones do."""
+
+    def shard_result(self, shard: int) -> ShardResult:
+        return ShardResult(
+            shard=shard,
+            completed=SHARD_ITEMS - 1,
+            failed=1,
+            input_tokens=7,
+            output_tokens=5,
+            gpu_seconds=0.01,
+            box="replay",
+        )
