@@ -1,8 +1,9 @@
 """`llm-batch`: submit, watch and fetch batches over the HTTP API.
 
-Exit codes: 0 the batch completed (or the command did what it was asked), 1 the batch
-failed or the API answered an error, 3 the batch was cancelled (by a cancel or its
-budget), 4 the API could not be reached, 2 a usage error.
+Exit codes (the final states' come from `kernel.lifecycle`): 0 the batch completed (or
+the command did what it was asked), 1 the batch failed or the API answered an error, 2 a
+usage error, 3 the batch was cancelled (by a cancel or its budget), 4 the API could not be
+reached, 5 the batch expired (its completion window ran out).
 """
 
 from __future__ import annotations
@@ -27,13 +28,9 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from cli.client import Api, ApiError, ApiUnreachable, resolve
+from kernel import lifecycle
+from kernel.lifecycle import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CANCELLED = 3
-EXIT_UNREACHABLE = 4
-TERMINAL = ("completed", "failed", "cancelled")
 POLL_SECONDS = 1.0
 
 app = typer.Typer(
@@ -85,8 +82,17 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
+def ended(batch: dict[str, Any]) -> bool:
+    """Whether the batch is final, as the API says (`is_terminal`); an API from before
+    that field is read with the kernel's lifecycle."""
+    if "is_terminal" in batch:
+        return bool(batch["is_terminal"])
+    return lifecycle.is_final(str(batch.get("status", "")))
+
+
 def exit_code(batch: dict[str, Any]) -> int:
-    return {"failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}.get(batch.get("status", ""), 0)
+    """The final state's exit code (kernel.lifecycle); 0 while the batch runs."""
+    return lifecycle.exit_code(str(batch.get("status", ""))) if ended(batch) else 0
 
 
 # Formatting ---------------------------------------------------------------------------------
@@ -144,7 +150,7 @@ def batch_table(batch: dict[str, Any]) -> Table:
     table.add_column()
     rows: list[tuple[str, str]] = [
         ("id", batch["id"]),
-        ("status", batch["status"]),
+        ("status", _status_text(batch)),
         ("endpoint", str(batch.get("endpoint"))),
         (
             "requests",
@@ -186,6 +192,14 @@ def batch_table(batch: dict[str, Any]) -> Table:
     return table
 
 
+def _status_text(batch: dict[str, Any]) -> str:
+    """The state, with why it ended when the state alone does not say (a budget stop)."""
+    reason = batch.get("end_reason")
+    if reason and reason != batch["status"]:
+        return f"{batch['status']} ({reason})"
+    return str(batch["status"])
+
+
 class RateColumn(ProgressColumn):
     """requests/s, tokens/s, time left and cost, as the API computes them."""
 
@@ -210,7 +224,7 @@ def watch_batch(batch_id: str, interval: float = POLL_SECONDS) -> dict[str, Any]
     api = state.api
     batch = api.batch(batch_id)
     if state.json:
-        while batch["status"] not in TERMINAL:
+        while not ended(batch):
             time.sleep(interval)
             batch = api.batch(batch_id)
         return batch
@@ -221,7 +235,7 @@ def watch_batch(batch_id: str, interval: float = POLL_SECONDS) -> dict[str, Any]
             if line != last:
                 err.print(line, markup=False, soft_wrap=True)
                 last = line
-            if batch["status"] in TERMINAL:
+            if ended(batch):
                 return batch
             time.sleep(interval)
             batch = api.batch(batch_id)
@@ -243,7 +257,7 @@ def watch_batch(batch_id: str, interval: float = POLL_SECONDS) -> dict[str, Any]
                 completed=counts["completed"] + counts["failed"],
                 batch=batch,
             )
-            if batch["status"] in TERMINAL:
+            if ended(batch):
                 break
             time.sleep(interval)
             batch = api.batch(batch_id)
@@ -343,7 +357,7 @@ def watch(
 
 @app.command()
 def status(batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id")]) -> None:
-    """One batch: counts, rates, time left, cost (exit 1 failed, 3 cancelled)."""
+    """One batch: counts, rates, time left, cost (exit 1 failed, 3 cancelled, 5 expired)."""
     finish(state.api.batch(batch_id))
 
 

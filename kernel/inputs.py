@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernel.contract import Usage
 from kernel.endpoints import CHAT_COMPLETIONS
+from kernel.status import Usage
 
 BATCH_WORKFLOW = "BatchWorkflow"
 PROCESS_WORKFLOW = "ProcessWorkflow"

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kernel.lifecycle import BatchState
+
 # Files --------------------------------------------------------------------------------------
 
 
@@ -109,16 +111,7 @@ class OpenAIBatch(BaseModel):
     errors: OpenAIBatchErrors | None = None
     input_file_id: str
     completion_window: str
-    status: Literal[
-        "validating",
-        "failed",
-        "in_progress",
-        "finalizing",
-        "completed",
-        "expired",
-        "cancelling",
-        "cancelled",
-    ]
+    status: BatchState
     output_file_id: str | None = None
     error_file_id: str | None = None
     created_at: int

@@ -6,9 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kernel.contract import BatchStatus
 from kernel.endpoints import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
 from kernel.supervisor import StartOutcome
+from kernel.view import BatchView
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
 assert set(Endpoint.__args__) == {CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS}  # type: ignore[attr-defined]
@@ -114,13 +114,13 @@ WorkersStarted = Annotated[
 ]
 
 
-class BatchCreated(BatchStatus):
+class BatchCreated(BatchView):
     workers: WorkersStarted = Field(default_factory=dict)
 
 
 class BatchList(BaseModel):
     object: Literal["list"] = "list"
-    data: list[BatchStatus]
+    data: list[BatchView]
 
 
 class ProcessOutcome(BaseModel):

@@ -12,7 +12,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO, cast
 
 import urllib3
@@ -33,13 +33,15 @@ from app.core.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailab
 from app.services.pricing import gpu_price_per_hour
 from app.services.temporal import TemporalService, TemporalUnavailable
 from kernel.config import Settings
-from kernel.contract import BatchErrors, BatchState, BatchStatus, completion_window_seconds
 from kernel.endpoints import MAX_LINE_BYTES
 from kernel.inputs import BATCH_WORKFLOW, BatchInput
 from kernel.keys import errors_key, input_key, output_key
+from kernel.lifecycle import BatchState, completion_window_seconds, is_final, timestamp_field
 from kernel.lines import LineError, check_json_value
 from kernel.results import ShardResults
+from kernel.status import BatchErrors, BatchStatus
 from kernel.storage import stream_object
+from kernel.view import BatchView
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +69,28 @@ async def temporal_client(temporal: TemporalService) -> Client:
 
 
 def batch_status(
-    batch_id: str, execution_status: WorkflowExecutionStatus | None, memo: Mapping[str, Any]
+    batch_id: str,
+    execution_status: WorkflowExecutionStatus | None,
+    memo: Mapping[str, Any],
+    closed_at: datetime | None = None,
 ) -> BatchStatus:
-    """The batch as its workflow published it; a closed workflow's own status wins."""
+    """The batch as its workflow published it; a closed workflow's own status wins, and
+    its close time stands in for a final timestamp the workflow could not publish (a
+    terminated run)."""
     batch = BatchStatus.model_validate({**memo, "id": batch_id})
     closed_as = _STATUS_BY_EXECUTION.get(execution_status)
     if closed_as is None:
         return batch
-    if closed_as == "completed" and batch.status == "cancelled":
-        closed_as = "cancelled"  # stopped by its budget: the run itself ended normally
-    if closed_as == "completed" and batch.status == "expired":
-        closed_as = "expired"  # the workflow ends normally when its window runs out
+    if closed_as == "completed" and is_final(batch.status):
+        # The run ended normally with the final state it published: a budget stop
+        # (cancelled) or an expiry.
+        closed_as = batch.status
     changes: dict[str, Any] = {"status": closed_as}
+    if batch.status != closed_as or batch.end_reason is None:
+        changes["end_reason"] = closed_as
+    stamp = timestamp_field(closed_as)
+    if getattr(batch, stamp) is None and closed_at is not None:
+        changes[stamp] = int(closed_at.timestamp())
     if closed_as == "failed" and batch.errors is None:
         changes["errors"] = BatchErrors(message="the batch workflow failed; see the worker-cpu log")
     changes["output_key"] = batch.output_key or output_key(batch_id)
@@ -93,9 +105,9 @@ def cancel_requested(description: WorkflowExecutionDescription) -> bool:
     return bool(description.raw_description.workflow_extended_info.cancel_requested)
 
 
-def as_cancelling(batch: BatchStatus) -> BatchStatus:
+def as_cancelling(batch: BatchStatus, now: float) -> BatchStatus:
     """`batch` as its workflow will publish it once it has seen the cancel."""
-    cancelling_at = batch.cancelling_at or int(time.time())
+    cancelling_at = batch.cancelling_at or int(now)
     return batch.model_copy(update={"status": "cancelling", "cancelling_at": cancelling_at})
 
 
@@ -183,7 +195,7 @@ class BatchService:
                 raise InvalidRequest(f"input_key {key!r} is not a valid object name") from None
             raise
 
-    async def _existing(self, batch_id: str) -> BatchStatus | None:
+    async def _existing(self, batch_id: str) -> BatchView | None:
         try:
             return await self.get(batch_id)
         except NotFound:
@@ -201,7 +213,7 @@ class BatchService:
         max_cost_usd: float | None = None,
         completion_window: str | None = None,
         idempotency_key: str | None = None,
-    ) -> BatchStatus:
+    ) -> BatchView:
         """Stages the input and starts the batch. With an `idempotency_key`, the batch id
         comes from the key: a retry returns the batch the first request started."""
         check_defaults(defaults)
@@ -298,7 +310,7 @@ class BatchService:
         logger.info("batch %s submitted (%s)", batch_id, key)
         if idempotency_key is not None:
             return await self.get(batch_id)  # the first request's batch if one raced us
-        return batch
+        return BatchView.of(batch, time.time())
 
     # Status ----------------------------------------------------------------------------
 
@@ -317,16 +329,22 @@ class BatchService:
             raise NotFound(f"no batch with id {batch_id!r}")
         return handle, description
 
-    async def get(self, batch_id: str) -> BatchStatus:
+    async def _read(self, description: WorkflowExecutionDescription, batch_id: str) -> BatchStatus:
+        return batch_status(
+            batch_id, description.status, await description.memo(), description.close_time
+        )
+
+    async def get(self, batch_id: str) -> BatchView:
         _, description = await self._describe(batch_id)
-        batch = batch_status(batch_id, description.status, await description.memo())
+        batch = await self._read(description, batch_id)
+        now = time.time()
         if batch.status in ("validating", "in_progress", "finalizing") and cancel_requested(
             description
         ):
-            return as_cancelling(batch)  # the workflow has yet to publish it
-        return batch
+            batch = as_cancelling(batch, now)  # the workflow has yet to publish it
+        return BatchView.of(batch, now)
 
-    async def recent(self, limit: int) -> list[BatchStatus]:
+    async def recent(self, limit: int) -> list[BatchView]:
         """The `limit` batches created last, newest first.
 
         Temporal's visibility store lists open workflows before closed ones and closed ones
@@ -342,7 +360,9 @@ class BatchService:
         found: dict[tuple[int, float, str], BatchStatus] = {}
 
         async def add(execution: WorkflowExecution) -> None:
-            batch = batch_status(execution.id, execution.status, await execution.memo())
+            batch = batch_status(
+                execution.id, execution.status, await execution.memo(), execution.close_time
+            )
             started = execution.start_time.timestamp() if execution.start_time else 0.0
             key = (batch.created_at or int(started), started, execution.id)
             if key in found:  # listed twice: it closed between the two listings
@@ -366,12 +386,14 @@ class BatchService:
             if len(newest) >= limit and closed < newest[0][0]:
                 break  # this and every later one was created before the oldest kept
             await add(execution)
-        return [found[key] for key in sorted(found, reverse=True)]
+        now = time.time()
+        return [BatchView.of(found[key], now) for key in sorted(found, reverse=True)]
 
-    async def page(self, limit: int, after: str | None = None) -> tuple[list[BatchStatus], bool]:
+    async def page(self, limit: int, after: str | None = None) -> tuple[list[BatchView], bool]:
         """(batches, has_more): newest first, starting after the batch `after`."""
         client = await temporal_client(self.temporal)
-        batches: list[BatchStatus] = []
+        now = time.time()
+        batches: list[BatchView] = []
         skipping = after is not None
         query = f"WorkflowType = '{BATCH_WORKFLOW}'"
         async for execution in client.list_workflows(query):
@@ -382,19 +404,23 @@ class BatchService:
                 continue
             if len(batches) == limit:
                 return batches, True
-            batches.append(batch_status(execution.id, execution.status, await execution.memo()))
+            batch = batch_status(
+                execution.id, execution.status, await execution.memo(), execution.close_time
+            )
+            batches.append(BatchView.of(batch, now))
         if skipping:
             raise InvalidRequest(f"after: no batch with id {after!r}", param="after")
         return batches, False
 
-    async def cancel(self, batch_id: str) -> BatchStatus:
+    async def cancel(self, batch_id: str) -> BatchView:
         handle, description = await self._describe(batch_id)
-        current = batch_status(batch_id, description.status, await description.memo())
-        if current.is_terminal:
+        current = await self._read(description, batch_id)
+        if is_final(current.status):
             raise Conflict(f"batch {batch_id} is already {current.status}")
         await handle.cancel()
         logger.info("batch %s: cancel requested", batch_id)
-        return as_cancelling(current)
+        now = time.time()
+        return BatchView.of(as_cancelling(current, now), now)
 
     # Results ---------------------------------------------------------------------------
 
@@ -407,16 +433,14 @@ class BatchService:
             raise
         return True
 
-    def _stream_partial(self, batch: BatchStatus, successes: bool) -> Iterator[bytes]:
+    def _stream_partial(self, batch: BatchView, successes: bool) -> Iterator[bytes]:
         """Lines of the shards finished so far, in shard order."""
         results = ShardResults(self.s3, self.bucket, batch.id)
         for success, line in results.lines(batch.shard_count):
             if success == successes:
                 yield line + b"\n"
 
-    async def results(
-        self, batch_id: str, errors: bool
-    ) -> tuple[BatchStatus, Iterator[bytes], bool]:
+    async def results(self, batch_id: str, errors: bool) -> tuple[BatchView, Iterator[bytes], bool]:
         """(batch, byte iterator, partial) of the output (or error) lines: the merged file
         once it exists, else the finished shards' lines (partial), never an empty answer
         that claims to be whole (the merge may be waiting for S3, or a failed batch never

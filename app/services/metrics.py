@@ -4,8 +4,10 @@ Two kinds, in one registry per API process:
 
 * Counted as they happen in this process: HTTP request latency per route (the synchronous
   `/process` and `/v1/*` paths included) and worker programs started on demand.
-* Gathered at scrape time from Temporal: batches by status, backlog and live pollers per
-  task queue, and the batches' requests, tokens and GPU seconds. Those totals are counters
+* Gathered at scrape time from Temporal: batches by status (every state of
+  `kernel.lifecycle` a label, read from each batch's published status, so a budget stop
+  counts as `cancelled` and an expiry as `expired`), backlog and live pollers per task
+  queue, and the batches' requests, tokens and GPU seconds. Those totals are counters
   fed by the growth of each batch's published counts between scrapes (running batches, and
   batches closed since the previous scrape), so they start at zero with the API process
   and Prometheus' `rate()` and `increase()` work on them across restarts.
@@ -31,35 +33,21 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecution, WorkflowExecutionStatus
 
 from app.services.batches import batch_status
 from app.services.queues import queue_states
 from app.services.temporal import TemporalService
 from kernel.config import Settings
-from kernel.contract import BatchStatus
 from kernel.inputs import BATCH_WORKFLOW
+from kernel.lifecycle import ALL_STATES, is_final
+from kernel.status import BatchStatus
 from kernel.supervisor import StartResult, SupervisorControl
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "llm_batch"
-BATCH_STATES = (
-    "validating",
-    "in_progress",
-    "finalizing",
-    "cancelling",
-    "completed",
-    "failed",
-    "cancelled",
-)
-_CLOSED_COUNT: dict[str, str] = {
-    "Completed": "completed",
-    "Failed": "failed",
-    "Canceled": "cancelled",
-    "Terminated": "failed",
-    "TimedOut": "failed",
-}
+BATCH_STATES = ALL_STATES
 # Closed batches are looked for back to the previous scrape, plus this margin.
 CLOSED_MARGIN = timedelta(seconds=30)
 # Running batches read per scrape at most (each is one memo in the list answer).
@@ -101,8 +89,8 @@ class Metrics:
         )
         self.batches = Gauge(
             f"{PREFIX}_batches",
-            "Batches by status (running ones by their published status; closed ones by "
-            "Temporal's count of closed batch workflows).",
+            "Batches by status, as each batch published it: the running ones now, the "
+            "final ones over Temporal's retention.",
             ["status"],
             registry=r,
         )
@@ -152,6 +140,11 @@ class Metrics:
             registry=r,
         )
         self._seen: dict[str, _Seen] = {}
+        # Final batches by state, counted once each: all of them at the first scrape, then
+        # those closed since. `_counted` keeps the ids closed within the overlap of two
+        # scrapes' listings (id → close time), so none is counted twice.
+        self._final: dict[str, int] | None = None
+        self._counted: dict[str, float] = {}
         self._last_scrape: datetime | None = None
         self._lock = asyncio.Lock()
 
@@ -198,37 +191,62 @@ class Metrics:
             f"WorkflowType = '{BATCH_WORKFLOW}' AND (ExecutionStatus = 'Running' "
             f"OR CloseTime > '{since_text}')"
         )
-        running: dict[str, int] = dict.fromkeys(BATCH_STATES[:4], 0)
+        if self._final is None:
+            self._final = dict.fromkeys((s for s in BATCH_STATES if is_final(s)), 0)
+            every_closed = (
+                f"WorkflowType = '{BATCH_WORKFLOW}' AND ExecutionStatus != 'Running' "
+                "AND ExecutionStatus != 'ContinuedAsNew'"
+            )
+            async for execution in client.list_workflows(every_closed, page_size=1000):
+                batch = await self._read(execution)
+                if batch is not None and is_final(batch.status):
+                    self._count_final(batch, execution.close_time, since)
+        running: dict[str, int] = dict.fromkeys((s for s in BATCH_STATES if not is_final(s)), 0)
         total = done = 0
         current: set[str] = set()
         async for execution in client.list_workflows(query, limit=MAX_RUNNING_BATCHES):
-            if execution.status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
+            batch = await self._read(execution)
+            if batch is None:
                 continue
-            batch = batch_status(execution.id, execution.status, await execution.memo())
             current.add(batch.id)
             self._account(batch)
-            if not batch.is_terminal:
-                running[batch.status] = running.get(batch.status, 0) + 1
+            if is_final(batch.status):
+                self._count_final(batch, execution.close_time, since)
+            else:
+                running[batch.status] += 1
                 total += batch.request_counts.total
                 done += batch.request_counts.completed + batch.request_counts.failed
         # A batch neither running nor closed since the last scrape is counted for good.
         for batch_id in set(self._seen) - current:
             del self._seen[batch_id]
-        closed = dict.fromkeys(("completed", "failed", "cancelled"), 0)
-        counted = await client.count_workflows(
-            f"WorkflowType = '{BATCH_WORKFLOW}' AND ExecutionStatus != 'Running' "
-            "AND ExecutionStatus != 'ContinuedAsNew' GROUP BY ExecutionStatus"
-        )
-        for group in counted.groups:
-            name = str(group.group_values[0]) if group.group_values else ""
-            if name in _CLOSED_COUNT:
-                closed[_CLOSED_COUNT[name]] += group.count
-        for status, value in {**running, **closed}.items():
+        horizon = since.timestamp()
+        for batch_id, closed_at in list(self._counted.items()):
+            if closed_at < horizon:  # no later listing can return it again
+                del self._counted[batch_id]
+        for status, value in {**running, **self._final}.items():
             self.batches.labels(status).set(value)
         self.running_requests.labels("total").set(total)
         self.running_requests.labels("done").set(done)
         self.running_requests.labels("left").set(max(0, total - done))
         self._last_scrape = started
+
+    @staticmethod
+    async def _read(execution: WorkflowExecution) -> BatchStatus | None:
+        """The batch a listed execution holds; None for an earlier run of a batch (listed
+        again by its latest run)."""
+        if execution.status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
+            return None
+        memo = await execution.memo()
+        return batch_status(execution.id, execution.status, memo, execution.close_time)
+
+    def _count_final(self, batch: BatchStatus, closed: datetime | None, since: datetime) -> None:
+        assert self._final is not None
+        if batch.id in self._counted:
+            return
+        self._final[batch.status] += 1
+        # Any batch not known to have closed before `since` may be listed again.
+        closed_at = closed.timestamp() if closed is not None else since.timestamp()
+        self._counted[batch.id] = max(closed_at, since.timestamp())
 
     async def _collect_queues(self) -> None:
         states = await queue_states(self.settings, self.temporal)

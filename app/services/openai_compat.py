@@ -6,15 +6,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from app.api.openai_schemas import OpenAIBatch
 from app.core.errors import AppError, InvalidRequest
 from app.services.batches import BatchService
 from app.services.files import FileService, batch_file_id, file_id_for_key
 from app.services.llama import LlamaProbe, LlamaUnavailable
 from app.services.process import ProcessService
 from kernel.config import Settings
-from kernel.contract import BatchStatus
 from kernel.endpoints import ENDPOINTS
 from kernel.lines import LineError, normalize_request
+from kernel.view import BatchView
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def served_model_name(settings: Settings) -> str:
     return settings.LLAMA_MODEL or "default"
 
 
-def openai_batch(batch: BatchStatus, model: str | None = None) -> dict[str, Any]:
+def openai_batch(batch: BatchView, model: str | None = None) -> OpenAIBatch:
     """A batch as the `openai` client's `Batch` model has it."""
     counts = batch.request_counts
     errors = None
@@ -54,7 +55,7 @@ def openai_batch(batch: BatchStatus, model: str | None = None) -> dict[str, Any]
     key = batch.input_key or ""
     input_file_id = file_id_for_key(key) or key
     over = batch.is_terminal and batch.output_key is not None
-    return {
+    fields: dict[str, Any] = {
         "id": batch.id,
         "object": "batch",
         "endpoint": batch.endpoint,
@@ -84,6 +85,7 @@ def openai_batch(batch: BatchStatus, model: str | None = None) -> dict[str, Any]
         },
         "metadata": batch.metadata or None,
     }
+    return OpenAIBatch.model_validate(fields)
 
 
 class OpenAIService:
@@ -110,7 +112,7 @@ class OpenAIService:
         endpoint: str,
         completion_window: str,
         metadata: dict[str, str] | None,
-    ) -> dict[str, Any]:
+    ) -> OpenAIBatch:
         if endpoint not in ENDPOINTS:
             raise InvalidRequest(
                 f"endpoint {endpoint!r} is not supported; use one of {', '.join(ENDPOINTS)}",
@@ -128,16 +130,14 @@ class OpenAIService:
         )
         return openai_batch(batch, self.model)
 
-    async def get_batch(self, batch_id: str) -> dict[str, Any]:
+    async def get_batch(self, batch_id: str) -> OpenAIBatch:
         return openai_batch(await self.batches.get(batch_id), self.model)
 
-    async def list_batches(
-        self, limit: int, after: str | None
-    ) -> tuple[list[dict[str, Any]], bool]:
+    async def list_batches(self, limit: int, after: str | None) -> tuple[list[OpenAIBatch], bool]:
         page, has_more = await self.batches.page(limit, after)
         return [openai_batch(batch, self.model) for batch in page], has_more
 
-    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+    async def cancel_batch(self, batch_id: str) -> OpenAIBatch:
         return openai_batch(await self.batches.cancel(batch_id), self.model)
 
     # Synchronous requests --------------------------------------------------------------

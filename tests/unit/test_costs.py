@@ -1,4 +1,4 @@
-"""Per-batch rates, time left and cost (computed fields of BatchStatus), the box price from
+"""Per-batch rates, time left and cost (the read view, kernel.view), the box price from
 `vastai show instances`, and the dashboard's upload parsing."""
 
 from __future__ import annotations
@@ -7,10 +7,13 @@ import pytest
 
 from app.services.pricing import price_from_instances
 from app.web.server import batch_body
-from kernel.contract import BatchStatus, batch_cost_usd
+from kernel.status import BatchStatus
+from kernel.view import BatchView, batch_cost_usd
+
+NOW = 1_100.0
 
 
-def running(**changes: object) -> BatchStatus:
+def running(**changes: object) -> BatchView:
     base: dict[str, object] = {
         "id": "batch_1",
         "status": "in_progress",
@@ -21,11 +24,10 @@ def running(**changes: object) -> BatchStatus:
         "boxes": {"box-a": 2_500},
         "gpu_price_per_hour": 1.8,
     }
-    return BatchStatus.model_validate({**base, **changes})
+    return BatchView.of(BatchStatus.model_validate({**base, **changes}), NOW)
 
 
-def test_rates_and_time_left_at_the_current_rate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("kernel.contract.time.time", lambda: 1_100.0)
+def test_rates_and_time_left_at_the_current_rate() -> None:
     batch = running()
     assert batch.elapsed_seconds == 100
     assert batch.requests_per_second == 25
@@ -41,7 +43,7 @@ def test_finished_batch_counts_to_its_end_and_unknown_price_is_null() -> None:
     done = running(status="completed", completed_at=1_050, gpu_price_per_hour=None)
     assert done.elapsed_seconds == 50 and done.seconds_left == 0
     assert done.cost_usd is None and done.usd_per_million_output_tokens is None
-    fresh = BatchStatus(id="batch_2")
+    fresh = BatchView.of(BatchStatus(id="batch_2"), NOW)
     assert fresh.requests_per_second is None and fresh.seconds_left is None
     # Timestamps are whole seconds: a batch done within one counts as one second.
     quick = running(status="completed", completed_at=1_000)
@@ -49,10 +51,10 @@ def test_finished_batch_counts_to_its_end_and_unknown_price_is_null() -> None:
 
 
 def test_the_memo_never_stores_computed_fields() -> None:
-    memo = running().memo()
+    memo = running().stored().memo()
     assert "cost_usd" not in memo and "requests_per_second" not in memo
     assert memo["gpu_price_per_hour"] == 1.8
-    assert running().memo("status", "cost_usd") == {"status": "in_progress"}
+    assert running().stored().memo("status", "cost_usd") == {"status": "in_progress"}
 
 
 def test_cost_uses_slot_time_when_it_is_less_than_box_time() -> None:

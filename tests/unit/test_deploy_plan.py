@@ -20,7 +20,7 @@ SERVERS = {"temporal", "minio", "llama"}
         # the shared kernel: every Python program imports it
         ("kernel/config.py", EVERY_PYTHON_PROGRAM),
         ("kernel/storage.py", EVERY_PYTHON_PROGRAM),
-        ("kernel/contract.py", EVERY_PYTHON_PROGRAM),
+        ("kernel/lifecycle.py", EVERY_PYTHON_PROGRAM),
         ("kernel/", EVERY_PYTHON_PROGRAM),  # a deleted folder, as rsync names it
         # the dashboard only
         ("app/web/server.py", {"web"}),

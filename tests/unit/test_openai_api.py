@@ -10,19 +10,15 @@ import pytest
 from fastapi.testclient import TestClient
 from openai.types import Batch, FileObject
 
-from app.api.openai_schemas import OpenAIBatch, OpenAIFile
+from app.api.openai_schemas import OpenAIFile
 from app.core.errors import InvalidRequest
 from app.main import create_app
 from app.services.files import StoredFile, check_jsonl, file_id_for_key
 from app.services.openai_compat import openai_batch
-from kernel.contract import (
-    BatchErrors,
-    BatchStatus,
-    RequestCounts,
-    Usage,
-    completion_window_seconds,
-)
 from kernel.keys import errors_key, output_key
+from kernel.lifecycle import completion_window_seconds
+from kernel.status import BatchErrors, BatchStatus, RequestCounts, Usage
+from kernel.view import BatchView
 from tests.unit.test_api import settings
 
 AUTH = {"Authorization": "Bearer sekret-0123456789"}
@@ -178,7 +174,7 @@ def test_the_batch_object_has_every_field_of_the_clients_model() -> None:
         expires_at=190,
         expired_at=191,
     )
-    dumped = OpenAIBatch(**openai_batch(status, "tiny")).model_dump(mode="json")
+    dumped = openai_batch(BatchView.of(status, now=200), "tiny").model_dump(mode="json")
     assert set(Batch.model_fields) <= set(dumped)
     batch = Batch.model_validate(dumped)
     assert batch.input_file_id == "file-" + "c" * 32
@@ -187,8 +183,8 @@ def test_the_batch_object_has_every_field_of_the_clients_model() -> None:
     assert batch.usage is not None and batch.usage.total_tokens == 15
     assert batch.status == "expired" and batch.expired_at == 191
 
-    running = openai_batch(status.model_copy(update={"status": "in_progress"}))
-    assert running["output_file_id"] is None and running["error_file_id"] is None
+    running = openai_batch(BatchView.of(status.model_copy(update={"status": "in_progress"}), 200))
+    assert running.output_file_id is None and running.error_file_id is None
 
     stored = StoredFile("file-" + "c" * 32, "files/x", "in.jsonl", "batch", 12, 100)
     file = OpenAIFile(**stored.openai()).model_dump(mode="json")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -17,7 +17,6 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from kernel.contract import BatchErrors, BatchStatus, RequestCounts, batch_cost_usd
     from kernel.inputs import (
         BATCH_WORKFLOW,
         BatchInput,
@@ -31,6 +30,9 @@ with workflow.unsafe.imports_passed_through():
         SplitInput,
     )
     from kernel.keys import errors_key, output_key
+    from kernel.lifecycle import END_STATE, EndReason, timestamp_field
+    from kernel.status import BatchErrors, BatchStatus, RequestCounts
+    from kernel.view import batch_cost_usd
     from workers.activities.batch_io import BatchIOActivities
     from workers.activities.capacity import CapacityActivities
     from workers.activities.inference import InferenceActivities
@@ -123,7 +125,7 @@ class BatchWorkflow:
             return await self._finish(params, progress, "completed")
         except BudgetReached as reached:
             self._publish_cancelling()
-            return await self._finish(params, progress, "cancelled", message=str(reached))
+            return await self._finish(params, progress, "budget", message=str(reached))
         except _Expired:
             workflow.logger.info("batch %s: completion window over, expiring", params.batch_id)
             return await self._finish(params, progress, "expired")
@@ -136,16 +138,18 @@ class BatchWorkflow:
         self,
         params: BatchInput,
         progress: BatchProgress,
-        status: Literal["completed", "cancelled", "expired"],
+        reason: EndReason,
         message: str = "",
     ) -> BatchResult:
         """Merges what finished into the output and error files (after a cancel, a budget
         stop or an expiry, the shards in flight were stopped first and kept their answers)
-        and publishes the final status with its timestamp."""
+        and publishes the final state `reason` gives (kernel.lifecycle) with its timestamp."""
+        status = END_STATE[reason]
         merged = await self._merge(params, progress, status)
         changes: dict[str, Any] = {
             "status": status,
-            f"{status}_at": self._now(),
+            "end_reason": reason,
+            timestamp_field(status): self._now(),
             "request_counts": self._merged_counts(progress, merged),
         }
         if message:
@@ -181,6 +185,7 @@ class BatchWorkflow:
         message = f"no valid request line in {progress.total} line(s); first problem: {first}"
         self._publish(
             status="failed",
+            end_reason="failed",
             errors=BatchErrors(message=message),
             failed_at=self._now(),
             request_counts=RequestCounts(total=progress.total, failed=progress.failed),

@@ -7,7 +7,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import BatchesDep, IdempotencyKey, WorkersDep
 from app.api.schemas import BatchCreate, BatchCreated, BatchList
-from kernel.contract import BatchStatus
+from kernel.view import BatchView
 
 router = APIRouter(tags=["batches"])
 
@@ -29,6 +29,8 @@ _BATCH_EXAMPLE = {
     "cancelling_at": None,
     "cancelled_at": None,
     "metadata": {"project": "demo"},
+    "is_terminal": False,
+    "ended_at": None,
 }
 
 
@@ -77,11 +79,11 @@ async def create_batch(
 
 @router.get(
     "/batch/{batch_id}",
-    response_model=BatchStatus,
+    response_model=BatchView,
     summary="Status of a batch",
     responses=_example(_BATCH_EXAMPLE),
 )
-async def get_batch(batch_id: str, batches: BatchesDep) -> BatchStatus:
+async def get_batch(batch_id: str, batches: BatchesDep) -> BatchView:
     return await batches.get(batch_id)
 
 
@@ -99,11 +101,11 @@ async def list_batches(
 
 @router.post(
     "/batch/{batch_id}/cancel",
-    response_model=BatchStatus,
+    response_model=BatchView,
     summary="Cancel a batch (finished results are kept)",
     responses=_example({**_BATCH_EXAMPLE, "status": "cancelling"}),
 )
-async def cancel_batch(batch_id: str, batches: BatchesDep) -> BatchStatus:
+async def cancel_batch(batch_id: str, batches: BatchesDep) -> BatchView:
     return await batches.cancel(batch_id)
 
 

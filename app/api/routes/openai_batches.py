@@ -20,7 +20,7 @@ async def create_batch(
         body.input_file_id, body.endpoint, body.completion_window, body.metadata
     )
     await workers.ensure()
-    return OpenAIBatch(**batch)
+    return batch
 
 
 @router.get("/batches", response_model=OpenAIBatchList, summary="Batches, newest first")
@@ -29,8 +29,7 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="A batch id: list the ones after it.")] = None,
 ) -> OpenAIBatchList:
-    page, has_more = await openai.list_batches(limit, after)
-    data = [OpenAIBatch(**batch) for batch in page]
+    data, has_more = await openai.list_batches(limit, after)
     return OpenAIBatchList(
         data=data,
         first_id=data[0].id if data else None,
@@ -41,7 +40,7 @@ async def list_batches(
 
 @router.get("/batches/{batch_id}", response_model=OpenAIBatch, summary="A batch")
 async def get_batch(batch_id: str, openai: OpenAIDep) -> OpenAIBatch:
-    return OpenAIBatch(**await openai.get_batch(batch_id))
+    return await openai.get_batch(batch_id)
 
 
 @router.post(
@@ -50,4 +49,4 @@ async def get_batch(batch_id: str, openai: OpenAIDep) -> OpenAIBatch:
     summary="Cancel a batch (what finished is kept in its output file)",
 )
 async def cancel_batch(batch_id: str, openai: OpenAIDep) -> OpenAIBatch:
-    return OpenAIBatch(**await openai.cancel_batch(batch_id))
+    return await openai.cancel_batch(batch_id)

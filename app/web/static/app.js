@@ -4,11 +4,12 @@
 "use strict";
 
 const REFRESH_MS = 2500;
+// Health checks and supervisord program states. A batch's badge comes from the API's
+// fields instead (batchBadge): which states are final is the API's to say.
 const BADGE_BY_STATE = {
-  ok: "ok", RUNNING: "ok", completed: "ok",
-  error: "error", FATAL: "error", BACKOFF: "error", failed: "error", UNKNOWN: "error",
-  STARTING: "busy", STOPPING: "busy", validating: "busy", in_progress: "busy",
-  finalizing: "busy", cancelling: "busy",
+  ok: "ok", RUNNING: "ok",
+  error: "error", FATAL: "error", BACKOFF: "error", UNKNOWN: "error",
+  STARTING: "busy", STOPPING: "busy",
 };
 
 let lastSuccess = null;
@@ -35,6 +36,19 @@ function el(tag, props = {}, ...children) {
 function badge(state) {
   const text = state === undefined || state === null ? "unknown" : String(state);
   return el("span", { class: `badge ${BADGE_BY_STATE[text] || "idle"}` }, text.toLowerCase());
+}
+
+// A batch's state: busy until the API says it is final (is_terminal), then ok when it ended
+// with every request run (exit_code 0 at the CLI: end_reason "completed"), error when it
+// failed, idle for the other endings (cancelled, stopped by its budget, expired).
+function batchBadge(batch) {
+  const text = String(batch.status || "unknown");
+  let kind = "busy";
+  if (batch.is_terminal) {
+    kind = batch.end_reason === "completed" ? "ok" : batch.end_reason === "failed" ? "error" : "idle";
+  }
+  const label = batch.end_reason && batch.end_reason !== batch.status ? `${text} (${batch.end_reason})` : text;
+  return el("span", { class: `badge ${kind}` }, label.toLowerCase());
 }
 
 function fill(tbodyId, rows) {
@@ -215,7 +229,7 @@ function renderBatches(result) {
     const counts = batch.request_counts || {};
     const row = el("tr", { "data-batch": batch.id, class: batch.id === selected ? "clickable selected" : "clickable" },
       el("td", {}, el("code", { title: batch.errors ? batch.errors.message : null }, batch.id)),
-      el("td", {}, badge(batch.status)),
+      el("td", {}, batchBadge(batch)),
       el("td", { class: "num" }, counts.total ?? 0),
       el("td", { class: "num" }, counts.completed ?? 0),
       el("td", { class: counts.failed ? "num failed" : "num" }, counts.failed ?? 0),
@@ -353,7 +367,7 @@ function renderDetail(result) {
   const total = counts.total || 0;
   const done = (counts.completed || 0) + (counts.failed || 0);
   const percent = total ? Math.min(100, (100 * done) / total) : 0;
-  document.getElementById("detail-status").replaceChildren(badge(batch.status));
+  document.getElementById("detail-status").replaceChildren(batchBadge(batch));
   document.getElementById("detail-bar").style.width = `${percent.toFixed(1)}%`;
   document.getElementById("detail-done").textContent =
     `${done.toLocaleString("en-US")} / ${total.toLocaleString("en-US")} (${percent.toFixed(0)}%)`;
@@ -371,7 +385,8 @@ function renderDetail(result) {
     `${(usage.input_tokens || 0).toLocaleString("en-US")} / ${(usage.output_tokens || 0).toLocaleString("en-US")}`;
   failure.hidden = !batch.errors;
   failure.textContent = batch.errors ? batch.errors.message : "";
-  const terminal = ["completed", "failed", "cancelled"].includes(batch.status);
+  // Final per the API: Cancel stays disabled in every final state, and while cancelling.
+  const terminal = Boolean(batch.is_terminal);
   document.getElementById("batch-cancel").disabled = terminal || batch.status === "cancelling";
   document.getElementById("download-output").textContent = terminal ? "Download output" : "Download output (so far)";
   document.getElementById("download-errors").textContent = terminal ? "Download errors" : "Download errors (so far)";
