@@ -31,8 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.stack import start_stack  # noqa: E402
 
-TERMINAL = {"completed", "failed", "cancelled"}
-
 
 def items(count: int, max_tokens: int, tag: str) -> list[dict[str, Any]]:
     return [
@@ -68,7 +66,7 @@ def one_run(http: httpx.Client, count: int, shard_size: int, max_tokens: int, ta
     answered = time.monotonic()
     poll(http, batch_id, lambda b: b["status"] in ("cancelling", "cancelled"))
     visible = time.monotonic() - answered
-    done = poll(http, batch_id, lambda b: b["status"] in TERMINAL)
+    done = poll(http, batch_id, lambda b: b["is_terminal"])
     cancelled = time.monotonic() - answered
     lines = [json.loads(x) for x in http.get(f"/batch/{batch_id}/results").text.splitlines()]
     per_shard = Counter(int(line["custom_id"].rsplit("-", 1)[1]) // shard_size for line in lines)

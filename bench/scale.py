@@ -127,7 +127,7 @@ def run(stack: Stack, count: int, max_tokens: int) -> dict[str, Any]:
             if pid:
                 peaks[program] = max(peaks[program], rss_mb(pid))
         batch = stack.http.get(f"/batch/{batch_id}").json()
-        if batch["status"] in ("completed", "failed", "cancelled"):
+        if batch["is_terminal"]:
             break
         if time.monotonic() - last_report > REPORT_SECONDS:
             last_report = time.monotonic()

@@ -39,8 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.stack import Stack, start_stack  # noqa: E402
 
-TERMINAL = {"completed", "failed", "cancelled"}
-
 
 def prompts(count: int, max_tokens: int, tag: str) -> list[dict[str, Any]]:
     return [
@@ -87,7 +85,7 @@ def wait_batch(api: httpx.Client, batch_id: str) -> dict[str, Any]:
     shown = time.monotonic()
     while True:
         batch: dict[str, Any] = api.get(f"/batch/{batch_id}").json()
-        if batch["status"] in TERMINAL:
+        if batch["is_terminal"]:
             return batch
         counts = batch["request_counts"]
         if time.monotonic() - shown >= PROGRESS_SECONDS:

@@ -7,8 +7,9 @@ import time
 from typing import Any
 
 from harness.stack import Stack
+from kernel.lifecycle import FINAL_STATES
 
-TERMINAL = {"completed", "failed", "cancelled", "expired"}
+TERMINAL = FINAL_STATES
 
 
 def chat_items(count: int, prefix: str = "q", max_tokens: int = 8) -> list[dict[str, Any]]:

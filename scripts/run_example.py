@@ -17,8 +17,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernel.config import load_settings_or_exit  # noqa: E402
 
-TERMINAL = {"completed", "failed", "cancelled"}
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,7 +42,7 @@ def main() -> int:
     started = time.monotonic()
     workers = batch["workers"]
     print(f"batch {batch['id']}: {len(items)} line(s) from {args.input}; workers {workers}")
-    while batch["status"] not in TERMINAL:
+    while not batch["is_terminal"]:
         if time.monotonic() - started > args.timeout:
             print(f"error: batch still {batch['status']} after {args.timeout:g}s")
             return 1

@@ -226,7 +226,7 @@ def test_a_batch_runs_across_both_boxes_through_the_tunnels(fleet: Fleet) -> Non
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline:
             batch = api(first, f"/batch/{batch['id']}")
-            if batch["status"] in ("completed", "failed", "cancelled"):
+            if batch["is_terminal"]:
                 break
             time.sleep(1)
         seconds = time.monotonic() - started
