@@ -211,7 +211,7 @@ class Plan:
     image: str
     env_file: Path
     base: dict[str, str]
-    idle_release_minutes: int = DEFAULT_IDLE_RELEASE_MINUTES
+    idle_release_minutes: float = DEFAULT_IDLE_RELEASE_MINUTES
     ssh_wait: float = SSH_WAIT_SECONDS
 
 
@@ -227,7 +227,7 @@ def box_env_text(plan: Plan, box: Box) -> str:
         "VAST_INSTANCE_ID": str(box.instance_id),
     }
     if "IDLE_RELEASE_MINUTES" not in plan.base:
-        extra["IDLE_RELEASE_MINUTES"] = str(plan.idle_release_minutes)
+        extra["IDLE_RELEASE_MINUTES"] = f"{plan.idle_release_minutes:g}"
     text += "# added by the autopilot for this rented box\n"
     text += "".join(f"{key}={value}\n" for key, value in extra.items())
     return text
@@ -258,7 +258,7 @@ def rent_one(
         int(offer["id"]),
         image=plan.image,
         disk_gb=needs.disk_gb,
-        env={"IDLE_RELEASE_MINUTES": str(plan.idle_release_minutes)},
+        env={"IDLE_RELEASE_MINUTES": f"{plan.idle_release_minutes:g}"},
         label="llm-batch",
         bid=price if needs.interruptible else None,
     )
@@ -597,7 +597,7 @@ def build_plan(options: argparse.Namespace) -> Plan:
         bid=options.bid,
     )
     image = os.environ.get("VAST_IMAGE") or base.get("VAST_IMAGE") or DEFAULT_IMAGE
-    idle = int(base.get("IDLE_RELEASE_MINUTES") or DEFAULT_IDLE_RELEASE_MINUTES)
+    idle = float(base.get("IDLE_RELEASE_MINUTES") or DEFAULT_IDLE_RELEASE_MINUTES)
     return Plan(needs, image, env_file, base, idle, options.ssh_wait)
 
 
