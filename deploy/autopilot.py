@@ -428,6 +428,13 @@ def down(
         return 0
     refused = 0
     for box in targets:
+        if api.show(box.instance_id) is None:
+            # Destroyed elsewhere (its autostop, the website): nothing left to destroy; its
+            # spend is counted until now, the latest it can have ended.
+            box.stopped, box.state, box.note = time.time(), "gone", "destroyed elsewhere"
+            ledger.put(box)
+            say(f"{box.name}: already destroyed (autostop or by hand); recorded as gone")
+            continue
         if box.mode == "standalone" and not force:
             at_stake = batches(box)
             what = (

@@ -242,6 +242,20 @@ def test_up_status_down(fake: FakeVast, env_file: Path, user_key: Path, capsys) 
     assert autopilot.main(["down", "--all"]) == 0  # nothing live: nothing to do
 
 
+def test_down_of_a_box_destroyed_elsewhere(fake: FakeVast, env_file: Path, user_key: Path) -> None:
+    env_file.write_text(env_file.read_text() + "DEPLOY_MODE=standalone\n")
+    plan = autopilot.build_plan(autopilot.parser().parse_args(up_args(env_file, "--count", "1")))
+    assert autopilot.up(VastApi(), plan, dry_run=False, deploy=ssh_deploy(user_key)) == 0
+    (box,) = autopilot.Ledger.load().live()
+    fake.destroy(box.instance_id)  # its autostop, or the website
+
+    def unreachable(_: autopilot.Box) -> None:
+        raise AssertionError("a destroyed box is not asked for its batches")
+
+    assert autopilot.down(VastApi(), [box.name], False, False, batches=unreachable) == 0
+    assert autopilot.Ledger.load().boxes[box.name].state == "gone"
+
+
 def test_down_refuses_a_standalone_box_holding_results(
     fake: FakeVast, env_file: Path, user_key: Path, capsys
 ) -> None:
