@@ -36,6 +36,10 @@ class BoxRecord(BaseModel):
     requests_per_s: float = 0.0
     tokens_per_s: float = Field(default=0.0, description="Generated (completion) tokens/s.")
     requests_total: int = 0
+    price_per_hour: float = Field(
+        default=0.0,
+        description="USD per hour the box is rented at (BOX_PRICE_PER_HOUR); 0 unknown.",
+    )
     last_seen: float = Field(default=0.0, description="Unix time the record was written.")
     live: bool = Field(default=True, description="Written within the last BOX_LIVE_SECONDS.")
 

@@ -139,6 +139,15 @@ class Settings(BaseSettings):
     PROCESS_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=3600)] = 60.0
     # Cost: USD per hour of one GPU box (0 = unknown: read with the vastai CLI if present).
     GPU_PRICE_PER_HOUR: Annotated[float, Field(ge=0)] = 0.0
+    # This box's own price (set by the autopilot on a box it rented; 0 = unknown). Its GPU
+    # worker reports it in its box record, so batch costs use the real price of each box.
+    BOX_PRICE_PER_HOUR: Annotated[float, Field(ge=0)] = 0.0
+
+    # Autostop: a rented box releases itself after this long without batch work (0 = off).
+    IDLE_RELEASE_MINUTES: Annotated[float, Field(ge=0)] = 0.0
+    # stop (the disk still bills), destroy (meter off, disk gone), or auto: destroy in
+    # hybrid mode, stop where the box's own S3 holds the results.
+    IDLE_RELEASE_ACTION: Literal["auto", "stop", "destroy"] = "auto"
 
     # Dashboard
     WEB_PORT: Port = 3000
@@ -313,6 +322,7 @@ class Settings(BaseSettings):
         )
         for program, enabled in self.autostart_programs.items():
             env[f"AUTOSTART_{program.upper().replace('-', '_')}"] = "true" if enabled else "false"
+        env["AUTOSTART_AUTOSTOP"] = "true" if self.IDLE_RELEASE_MINUTES > 0 else "false"
         return env
 
 

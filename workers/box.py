@@ -74,6 +74,7 @@ class BoxReporter:
         llama: MeteredLlama,
         shard_room: int,
         interval: float = BOX_REPORT_SECONDS,
+        price_per_hour: float = 0.0,
     ) -> None:
         self.s3 = s3
         self.bucket = bucket
@@ -82,6 +83,7 @@ class BoxReporter:
         self.llama = llama
         self.shard_room = shard_room
         self.interval = interval
+        self.price_per_hour = price_per_hour
         self._loop = Periodic(
             "box-reporter", self.report_once, interval, logger, f"box {box}: publishing its record"
         )
@@ -103,6 +105,7 @@ class BoxReporter:
             tokens_per_s=round((self.llama.output_tokens_total - tokens) / elapsed, 1),
             requests_total=self.llama.requests_total,
             last_seen=round(time.time(), 3),
+            price_per_hour=self.price_per_hour,
         )
 
     def _put(self, record: BoxRecord) -> None:

@@ -123,6 +123,7 @@ def build_registry(queue: str, settings: Settings) -> Registry:
             settings.GPU_TASK_QUEUE,
             llama,
             shard_room=GPU_CONCURRENT_SHARDS,
+            price_per_hour=settings.BOX_PRICE_PER_HOUR,
         ),
         llama_watch=llama_watch(llama.check_health),
     )

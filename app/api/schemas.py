@@ -177,6 +177,9 @@ class BoxReport(BaseModel):
     requests_per_s: float
     tokens_per_s: float = Field(description="Generated tokens per second.")
     requests_total: int = Field(description="Requests answered since the worker started.")
+    price_per_hour: float = Field(
+        default=0.0, description="USD per hour it is rented at (0: unknown)."
+    )
     shard_room: int = Field(description="Shards the box's worker runs at once.")
     last_seen: str = Field(description="When the record was last written (ISO 8601, UTC).")
     seconds_ago: float

@@ -1,6 +1,7 @@
 """The box price per hour that batch costs are computed with.
 
-GPU_PRICE_PER_HOUR wins when set. Otherwise, when the `vastai` CLI is installed and
+GPU_PRICE_PER_HOUR wins when set, then BOX_PRICE_PER_HOUR (the price the autopilot rented
+this box at). Otherwise, when the `vastai` CLI is installed and
 configured (its API key stored by `vastai set api-key`), the price of the instance this API
 runs on (or the one VAST_HOST names) is read from `vastai show instances --raw` (`dph_total`,
 USD per hour) and kept for PRICE_CACHE_SECONDS. Without either, costs are unknown (null).
@@ -64,6 +65,8 @@ async def gpu_price_per_hour(settings: Settings) -> float:
     """USD per hour of one GPU box; 0.0 when unknown."""
     if settings.GPU_PRICE_PER_HOUR > 0:
         return settings.GPU_PRICE_PER_HOUR
+    if settings.BOX_PRICE_PER_HOUR > 0:  # a box the autopilot rented knows its own price
+        return settings.BOX_PRICE_PER_HOUR
     cached = _cache.get(settings.VAST_HOST)
     if cached is not None and time.monotonic() - cached[1] < PRICE_CACHE_SECONDS:
         return cached[0]
