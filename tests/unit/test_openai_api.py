@@ -13,7 +13,7 @@ from openai.types import Batch, FileObject
 from app.api.openai_schemas import OpenAIBatch, OpenAIFile
 from app.core.errors import InvalidRequest
 from app.main import create_app
-from app.services.files import StoredFile, check_jsonl, file_id_for_key
+from app.services.files import StoredFile, check_jsonl
 from app.services.openai_compat import openai_batch
 from kernel.contract import (
     BatchErrors,
@@ -22,7 +22,7 @@ from kernel.contract import (
     Usage,
     completion_window_seconds,
 )
-from kernel.keys import errors_key, output_key
+from kernel.keys import errors_key, file_id_for_key, output_key
 from tests.unit.test_api import settings
 
 AUTH = {"Authorization": "Bearer sekret-0123456789"}
