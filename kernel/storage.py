@@ -22,8 +22,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
-from types import TracebackType
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, Self, cast
 
 import urllib3
 from minio import Minio
@@ -102,10 +101,23 @@ def is_missing(exc: BaseException) -> bool:
     return isinstance(exc, S3Error) and exc.code in MISSING_CODES
 
 
+class _Closing:
+    """`with` closes it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
 # Reading -------------------------------------------------------------------------------
 
 
-class ObjectStream(Iterator[bytes]):
+class ObjectStream(_Closing, Iterator[bytes]):
     """An object's bytes in chunks. The connection goes back to the pool when the last
     chunk is read, when the stream is closed (also as a context manager) or dropped, or
     when reading fails: a reader that stops early leaks nothing."""
@@ -129,17 +141,6 @@ class ObjectStream(Iterator[bytes]):
         if response is not None:
             response.close()
             response.release_conn()
-
-    def __enter__(self) -> ObjectStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         self.close()
@@ -219,7 +220,7 @@ def put_bytes(
     put_stream(client, bucket, key, io.BytesIO(payload), len(payload), content_type=content_type)
 
 
-class JsonlSpool:
+class JsonlSpool(_Closing):
     """JSONL written to a temporary file (in memory up to PART_BYTES, on disk past it) and
     uploaded as one object in parts, never joined into one bytes object. `upload` empties
     the spool, so one spool can write several objects in turn (a batch's shards)."""
@@ -253,17 +254,6 @@ class JsonlSpool:
 
     def close(self) -> None:
         self._file.close()
-
-    def __enter__(self) -> JsonlSpool:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def write_jsonl(client: Minio, bucket: str, key: str, values: Iterable[Any]) -> int:
