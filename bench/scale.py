@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from temporalio.client import Client  # noqa: E402
 
 from harness.stack import Stack, start_stack  # noqa: E402
+from kernel.storage import write_jsonl  # noqa: E402
 
 PROGRAMS = ("fastapi", "worker-cpu", "worker-gpu")
 
@@ -59,19 +60,15 @@ def progress(batch: dict[str, Any]) -> str:
 
 
 def upload_input(stack: Stack, key: str, count: int, max_tokens: int) -> int:
-    s3 = stack.s3()
-    with tempfile.TemporaryFile() as spool:
-        for i in range(count):
-            line = {
-                "custom_id": f"s{i}",
-                "messages": [{"role": "user", "content": f"Summarise record {i}."}],
-                "max_tokens": max_tokens,
-            }
-            spool.write(json.dumps(line).encode() + b"\n")
-        size = spool.tell()
-        spool.seek(0)
-        s3.put_object("llm-batch", key, spool, size, part_size=16 << 20)
-    return size
+    lines = (
+        {
+            "custom_id": f"s{i}",
+            "messages": [{"role": "user", "content": f"Summarise record {i}."}],
+            "max_tokens": max_tokens,
+        }
+        for i in range(count)
+    )
+    return write_jsonl(stack.s3(), "llm-batch", key, lines)
 
 
 async def history_lengths(address: str, batch_id: str) -> list[int]:

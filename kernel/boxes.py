@@ -11,10 +11,10 @@ import json
 import time
 
 from minio import Minio
-from minio.error import S3Error
 from pydantic import BaseModel, ConfigDict, Field
 
 from kernel.keys import BOXES_PREFIX
+from kernel.storage import list_objects, read_bytes
 
 # The fleet: each GPU worker publishes its box record every BOX_REPORT_SECONDS; a record
 # whose object is older than BOX_LIVE_SECONDS is a box that is gone.
@@ -59,18 +59,16 @@ def read_boxes(
     """Every box record in the bucket (of `task_queue` when given), by name."""
     now = time.time() if now is None else now
     records: list[BoxRecord] = []
-    for item in s3.list_objects(bucket, prefix=BOXES_PREFIX):
+    for item in list_objects(s3, bucket, BOXES_PREFIX):
         if item.object_name is None or not item.object_name.endswith(".json"):
             continue
+        payload = read_bytes(s3, bucket, item.object_name)
+        if payload is None:
+            continue  # removed since the listing
         try:
-            response = s3.get_object(bucket, item.object_name)
-            try:
-                record = BoxRecord.model_validate(json.loads(response.read()))
-            finally:
-                response.close()
-                response.release_conn()
-        except (S3Error, ValueError):
-            continue  # removed or half-written in between: the next read sees it
+            record = BoxRecord.model_validate(json.loads(payload))
+        except ValueError:
+            continue  # not a record this version reads: the next report replaces it
         if task_queue is not None and record.task_queue != task_queue:
             continue
         seen = item.last_modified.timestamp() if item.last_modified else record.last_seen

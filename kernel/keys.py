@@ -1,18 +1,34 @@
-"""Every object key in the bucket, built (and, for shard results, parsed) here only.
+"""Every object key in the bucket, built (and, for shard results and files, parsed) here
+only.
 
 `batches/{id}/input.jsonl`, `shards/{n:06d}.jsonl`, `results/{n:06d}[.attemptK].jsonl`,
 `invalid.jsonl`, `output.jsonl`, `errors.jsonl`, `summary.json`; `files/{file id}`;
 `boxes/{BOX_NAME}.json`.
+
+The OpenAI-compatible Files API sees some of these objects as files (`file_key_for_id`,
+`file_id_for_key`): an uploaded file under its own id, and a batch's input, output and
+error objects under ids made from the batch id, with nothing copied:
+
+| file id                  | object                            |
+|--------------------------|-----------------------------------|
+| `file-<hex>`             | `files/file-<hex>`                |
+| `file-<batch id>-input`  | `batches/<batch id>/input.jsonl`  |
+| `file-<batch id>-output` | `batches/<batch id>/output.jsonl` |
+| `file-<batch id>-errors` | `batches/<batch id>/errors.jsonl` |
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+BATCHES_PREFIX = "batches/"
 
 
 def batch_prefix(batch_id: str) -> str:
-    return f"batches/{batch_id}"
+    return f"{BATCHES_PREFIX}{batch_id}"
 
 
 def input_key(batch_id: str) -> str:
@@ -87,11 +103,68 @@ def summary_key(batch_id: str) -> str:
 
 
 FILES_PREFIX = "files/"
+# The ids the API makes (`batch_<hex>` from a uuid or an Idempotency-Key's digest,
+# `file-<hex>` from a uuid): a file id naming anything else names no object.
+_BATCH_ID = re.compile(r"batch_[0-9a-f]{32}")
+_UPLOADED_FILE_ID = re.compile(r"file-[0-9a-f]{32}")
+
+BatchFileKind = Literal["input", "output", "errors"]
+_BATCH_FILE_KEYS: dict[BatchFileKind, Callable[[str], str]] = {
+    "input": input_key,
+    "output": output_key,
+    "errors": errors_key,
+}
+
+
+def new_file_id() -> str:
+    return f"file-{uuid.uuid4().hex}"
+
+
+def is_uploaded_file_id(file_id: str) -> bool:
+    """An id `new_file_id` made (a file uploaded through the Files API)."""
+    return _UPLOADED_FILE_ID.fullmatch(file_id) is not None
 
 
 def file_key(file_id: str) -> str:
     """Where an uploaded file (OpenAI Files API) lives in the bucket."""
     return f"{FILES_PREFIX}{file_id}"
+
+
+def batch_file_id(batch_id: str, kind: BatchFileKind) -> str:
+    """The file id under which a batch's input, output or error object is visible."""
+    return f"file-{batch_id}-{kind}"
+
+
+def file_key_for_id(file_id: str) -> tuple[str, BatchFileKind | None] | None:
+    """(object key, kind) a file id names: kind None for an uploaded file, else which of
+    its batch's objects; None when the id names no object."""
+    if is_uploaded_file_id(file_id):
+        return file_key(file_id), None
+    if not file_id.startswith("file-"):
+        return None
+    batch_id, _, name = file_id.removeprefix("file-").rpartition("-")
+    if not _BATCH_ID.fullmatch(batch_id):
+        return None
+    for kind, build in _BATCH_FILE_KEYS.items():
+        if name == kind:
+            return build(batch_id), kind
+    return None
+
+
+def file_id_for_key(key: str) -> str | None:
+    """The file id under which an object is visible, when it is one."""
+    if key.startswith(FILES_PREFIX):
+        file_id = key.removeprefix(FILES_PREFIX)
+        return file_id if is_uploaded_file_id(file_id) else None
+    if not key.startswith(BATCHES_PREFIX):
+        return None
+    batch_id = key.removeprefix(BATCHES_PREFIX).partition("/")[0]
+    if not _BATCH_ID.fullmatch(batch_id):
+        return None
+    for kind, build in _BATCH_FILE_KEYS.items():
+        if build(batch_id) == key:
+            return batch_file_id(batch_id, kind)
+    return None
 
 
 BOXES_PREFIX = "boxes/"

@@ -13,13 +13,9 @@ import json
 from collections.abc import Callable, Iterator
 
 from minio import Minio
-from minio.error import S3Error
 
-from kernel.jsonl import iter_result_lines
 from kernel.keys import invalid_lines_key, latest_results, results_prefix
-
-READ_CHUNK_BYTES = 1 << 20
-_MISSING = ("NoSuchKey", "NoSuchObject", "NotFound")
+from kernel.storage import list_objects, read_lines
 
 
 def is_success(line: bytes) -> bool:
@@ -35,39 +31,25 @@ class ShardResults:
         self.bucket = bucket
         self.batch_id = batch_id
 
-    def _object_lines(self, key: str) -> Iterator[bytes]:
-        """The lines of one object; nothing when it does not exist (yet)."""
-        try:
-            response = self.s3.get_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in _MISSING:
-                return
-            raise
-        try:
-            yield from iter_result_lines(response.stream(READ_CHUNK_BYTES))
-        finally:
-            response.close()
-            response.release_conn()
-
     def lines(
         self, shard_count: int, on_shard: Callable[[int], None] | None = None
     ) -> Iterator[tuple[bool, bytes]]:
         """(is_success, line) for the invalid input lines, then every finished shard's
         lines in shard order; shards without a result object yet are skipped."""
-        for line in self._object_lines(invalid_lines_key(self.batch_id)):
+        for line in read_lines(
+            self.s3, self.bucket, invalid_lines_key(self.batch_id), missing_ok=True
+        ):
             yield False, line
         keys = self.result_keys() if shard_count else {}
         for shard in range(shard_count):
             if shard in keys:
-                for line in self._object_lines(keys[shard]):
+                for line in read_lines(self.s3, self.bucket, keys[shard], missing_ok=True):
                     yield is_success(line), line
             if on_shard is not None:
                 on_shard(shard)
 
     def result_keys(self) -> dict[int, str]:
         """Shard → key of its latest attempt's result object, for the shards that have one."""
-        listing = self.s3.list_objects(
-            self.bucket, prefix=results_prefix(self.batch_id), recursive=True
-        )
+        listing = list_objects(self.s3, self.bucket, results_prefix(self.batch_id))
         names = (item.object_name or "" for item in listing)
         return {shard: key for shard, (_, key) in latest_results(self.batch_id, names).items()}

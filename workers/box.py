@@ -9,7 +9,6 @@ stale after BOX_LIVE_SECONDS; one whose llama-server is down reports 0 slots.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import time
@@ -21,6 +20,7 @@ from minio import Minio
 from kernel.boxes import BOX_REPORT_SECONDS, BoxRecord
 from kernel.keys import box_key
 from kernel.periodic import Periodic
+from kernel.storage import put_bytes
 from workers.llama import LlamaClient
 
 logger = logging.getLogger(__name__)
@@ -110,13 +110,7 @@ class BoxReporter:
 
     def _put(self, record: BoxRecord) -> None:
         payload = record.model_dump_json().encode()
-        self.s3.put_object(
-            self.bucket,
-            box_key(self.box),
-            io.BytesIO(payload),
-            len(payload),
-            content_type="application/json",
-        )
+        put_bytes(self.s3, self.bucket, box_key(self.box), payload, content_type="application/json")
 
     async def report_once(self) -> BoxRecord:
         record = await self.record()

@@ -8,12 +8,11 @@ import hashlib
 import heapq
 import json
 import logging
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 import urllib3
 from minio import Minio
@@ -32,6 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from app.core.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from app.services.pricing import gpu_price_per_hour
 from app.services.temporal import TemporalService, TemporalUnavailable
+from kernel import storage
 from kernel.config import Settings
 from kernel.endpoints import MAX_LINE_BYTES
 from kernel.inputs import BATCH_WORKFLOW, BatchInput
@@ -40,7 +40,6 @@ from kernel.lifecycle import BatchState, completion_window_seconds, is_final, ti
 from kernel.lines import LineError, check_json_value
 from kernel.results import ShardResults
 from kernel.status import BatchErrors, BatchStatus
-from kernel.storage import stream_object
 from kernel.view import BatchView
 
 logger = logging.getLogger(__name__)
@@ -159,41 +158,30 @@ class BatchService:
 
     def _stage_items(self, batch_id: str, items: list[Any]) -> str:
         key = input_key(batch_id)
-        with tempfile.SpooledTemporaryFile(16 << 20) as staged:
+        with storage.JsonlSpool(self.staging, self.bucket) as staged:
             for item in items:
                 staged.write(_staged_line(item))
-            size = staged.tell()
-            staged.seek(0)
-            self.staging.put_object(
-                self.bucket,
-                key,
-                cast(BinaryIO, staged),
-                size,
-                content_type="application/x-ndjson",
-                part_size=8 << 20,
-            )
+            staged.upload(key)
         return key
 
     def _unstage(self, key: str) -> None:
         """Removes an input staged for a batch that never started (best effort)."""
         try:
-            self.staging.remove_object(self.bucket, key)
-        except (S3Error, OSError, urllib3.exceptions.HTTPError) as exc:
+            storage.remove(self.staging, self.bucket, key)
+        except storage.S3_FAILURES as exc:
             logger.warning("could not remove the staged input %s: %s", key, exc)
 
     def _check_input_key(self, key: str) -> None:
         try:
-            self.staging.stat_object(self.bucket, key)
+            found = storage.exists(self.staging, self.bucket, key)
         except ValueError as exc:  # the client refuses the name itself
             raise InvalidRequest(f"input_key {key!r} is not a valid object name: {exc}") from None
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-                raise InvalidRequest(
-                    f"input_key {key!r} does not exist in bucket {self.bucket!r}"
-                ) from None
             if exc.code in ("InvalidObjectName", "KeyTooLongError", "InvalidArgument"):
                 raise InvalidRequest(f"input_key {key!r} is not a valid object name") from None
             raise
+        if not found:
+            raise InvalidRequest(f"input_key {key!r} does not exist in bucket {self.bucket!r}")
 
     async def _existing(self, batch_id: str) -> BatchView | None:
         try:
@@ -424,15 +412,6 @@ class BatchService:
 
     # Results ---------------------------------------------------------------------------
 
-    def _exists(self, key: str) -> bool:
-        try:
-            self.s3.stat_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-                return False
-            raise
-        return True
-
     def _stream_partial(self, batch: BatchView, successes: bool) -> Iterator[bytes]:
         """Lines of the shards finished so far, in shard order."""
         results = ShardResults(self.s3, self.bucket, batch.id)
@@ -449,9 +428,10 @@ class BatchService:
         if batch.is_terminal:
             key = errors_key(batch_id) if errors else output_key(batch_id)
             try:
-                merged = await asyncio.to_thread(self._exists, key)
-            except (S3Error, OSError, urllib3.exceptions.HTTPError) as exc:
-                raise ServiceUnavailable(f"S3 is not answering: {exc}") from exc
-            if merged:
-                return batch, stream_object(self.s3, self.bucket, key), False
+                merged = await asyncio.to_thread(storage.stream_object, self.s3, self.bucket, key)
+            except storage.S3_FAILURES as exc:
+                if not storage.is_missing(exc):
+                    raise ServiceUnavailable(f"S3 is not answering: {exc}") from exc
+            else:
+                return batch, merged, False
         return batch, self._stream_partial(batch, successes=not errors), True

@@ -2,14 +2,8 @@
 
 An uploaded file lives at `files/{file_id}` with its name, purpose and creation time as the
 object's S3 user metadata: no database, nothing to keep in step. A batch's own files are
-files too, under ids derived from the batch id (no copying):
-
-| file id                  | object                          | purpose        |
-|--------------------------|---------------------------------|----------------|
-| `file-<hex>`             | `files/file-<hex>`              | `batch`        |
-| `file-<batch id>-input`  | `batches/<batch id>/input.jsonl`  | `batch`        |
-| `file-<batch id>-output` | `batches/<batch id>/output.jsonl` | `batch_output` |
-| `file-<batch id>-errors` | `batches/<batch id>/errors.jsonl` | `batch_output` |
+files too, under ids derived from the batch id (no copying; `kernel.keys` maps ids to
+objects): its input has purpose `batch`, its output and error files `batch_output`.
 
 Uploads are spooled to disk by the multipart parser (never whole in memory), checked line by
 line (each non-blank line a JSON object of at most MAX_LINE_BYTES), then streamed into the
@@ -22,38 +16,37 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import re
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO, Literal, TypeVar, cast
+from typing import IO, Any, Literal, TypeVar
 from urllib.parse import quote, unquote
 
 from minio import Minio
 from minio.error import S3Error
 
 from app.core.errors import InvalidRequest, NotFound, ServiceUnavailable
+from kernel import storage
 from kernel.config import Settings
 from kernel.endpoints import MAX_LINE_BYTES
-from kernel.keys import FILES_PREFIX, errors_key, file_key, input_key, output_key
-from kernel.storage import stream_object
+from kernel.keys import (
+    BATCHES_PREFIX,
+    FILES_PREFIX,
+    file_id_for_key,
+    file_key,
+    file_key_for_id,
+    is_uploaded_file_id,
+    new_file_id,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FilePurpose = Literal["batch", "batch_output"]
 UPLOAD_PURPOSES = ("batch",)
-PART_BYTES = 16 * 1024 * 1024
 _META_FILENAME = "filename"
 _META_PURPOSE = "purpose"
 _META_CREATED = "created-at"
-_UPLOADED_ID = re.compile(r"^file-[0-9a-f]{32}$")
-_BATCH_FILE_ID = re.compile(r"^file-(?P<batch>batch_[0-9a-f]{32})-(?P<kind>input|output|errors)$")
-_BATCH_FILE_KEY = re.compile(
-    r"^batches/(?P<batch>batch_[0-9a-f]{32})/(?P<kind>input|output|errors)\.jsonl$"
-)
-_BATCH_KEY_BY_KIND = {"input": input_key, "output": output_key, "errors": errors_key}
 
 
 @dataclass(frozen=True)
@@ -79,34 +72,12 @@ class StoredFile:
         }
 
 
-def new_file_id() -> str:
-    return f"file-{uuid.uuid4().hex}"
-
-
-def batch_file_id(batch_id: str, kind: Literal["input", "output", "errors"]) -> str:
-    return f"file-{batch_id}-{kind}"
-
-
-def file_id_for_key(key: str) -> str | None:
-    """The file id under which an object is visible, when it is one."""
-    if key.startswith(FILES_PREFIX) and _UPLOADED_ID.match(key[len(FILES_PREFIX) :]):
-        return key[len(FILES_PREFIX) :]
-    match = _BATCH_FILE_KEY.match(key)
-    if match:
-        return f"file-{match['batch']}-{match['kind']}"
-    return None
-
-
 def _key_and_purpose(file_id: str) -> tuple[str, FilePurpose]:
-    if _UPLOADED_ID.match(file_id):
-        return file_key(file_id), "batch"
-    match = _BATCH_FILE_ID.match(file_id)
-    if match:
-        kind = match["kind"]
-        return _BATCH_KEY_BY_KIND[kind](match["batch"]), "batch" if kind == "input" else (
-            "batch_output"
-        )
-    raise NotFound(f"No such File object: {file_id}", param="file_id")
+    found = file_key_for_id(file_id)
+    if found is None:
+        raise NotFound(f"No such File object: {file_id}", param="file_id")
+    key, kind = found
+    return key, "batch_output" if kind in ("output", "errors") else "batch"
 
 
 def _epoch(value: dt.datetime | None) -> int:
@@ -159,12 +130,12 @@ class FileService:
         stream.seek(0)
         file_id = new_file_id()
         now = int(time.time())
-        self.s3.put_object(
+        storage.put_stream(
+            self.s3,
             self.bucket,
             file_key(file_id),
-            cast(BinaryIO, stream),
-            length=size,
-            part_size=PART_BYTES,
+            stream,
+            size,
             content_type="application/jsonl",
             metadata={
                 _META_FILENAME: quote(filename, safe=""),
@@ -190,27 +161,26 @@ class FileService:
         try:
             return await asyncio.to_thread(fn, *args)
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-                raise
+            if storage.is_missing(exc):  # deleted since it was looked up
+                raise NotFound(
+                    "No such File object: it was just deleted", param="file_id"
+                ) from None
             raise ServiceUnavailable(f"S3 error: {exc}") from exc
         except OSError as exc:
             raise ServiceUnavailable(f"S3 at {self.endpoint}: {exc}") from exc
 
     def _stat(self, file_id: str) -> StoredFile:
         key, purpose = _key_and_purpose(file_id)
-        try:
-            stat = self.s3.stat_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-                raise NotFound(f"No such File object: {file_id}", param="file_id") from None
-            raise
+        stat = storage.stat(self.s3, self.bucket, key)
+        if stat is None:
+            raise NotFound(f"No such File object: {file_id}", param="file_id")
         meta = {k.lower(): v for k, v in (stat.metadata or {}).items()}
         filename = unquote(meta.get(f"x-amz-meta-{_META_FILENAME}", "")) or key.rsplit("/", 1)[-1]
         created = meta.get(f"x-amz-meta-{_META_CREATED}", "")
         return StoredFile(
             id=file_id,
             key=key,
-            filename=filename if _UPLOADED_ID.match(file_id) else f"{file_id}.jsonl",
+            filename=filename if is_uploaded_file_id(file_id) else f"{file_id}.jsonl",
             purpose=purpose,
             bytes=stat.size or 0,
             created_at=int(created) if created.isdigit() else _epoch(stat.last_modified),
@@ -222,12 +192,12 @@ class FileService:
     def _list(self, purpose: str | None) -> list[StoredFile]:
         files: list[StoredFile] = []
         if purpose in (None, "batch"):
-            for obj in self.s3.list_objects(self.bucket, prefix=FILES_PREFIX):
+            for obj in storage.list_objects(self.s3, self.bucket, FILES_PREFIX):
                 file_id = file_id_for_key(obj.object_name or "")
                 if file_id:
                     files.append(self._stat(file_id))
         # A batch's files: one listing gives their sizes and times, no per-file request.
-        for obj in self.s3.list_objects(self.bucket, prefix="batches/", recursive=True):
+        for obj in storage.list_objects(self.s3, self.bucket, BATCHES_PREFIX):
             file_id = file_id_for_key(obj.object_name or "")
             if file_id is None:
                 continue
@@ -263,11 +233,11 @@ class FileService:
 
     async def content(self, file_id: str) -> tuple[StoredFile, Iterator[bytes]]:
         stored = await self.get(file_id)
-        return stored, stream_object(self.s3, self.bucket, stored.key)
+        return stored, await self._s3(storage.stream_object, self.s3, self.bucket, stored.key)
 
     async def delete(self, file_id: str) -> StoredFile:
         stored = await self.get(file_id)
-        await self._s3(self.s3.remove_object, self.bucket, stored.key)
+        await self._s3(storage.remove, self.s3, self.bucket, stored.key)
         logger.info("file %s deleted (%s)", file_id, stored.key)
         return stored
 

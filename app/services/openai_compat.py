@@ -9,11 +9,12 @@ from typing import Any
 from app.api.openai_schemas import OpenAIBatch
 from app.core.errors import AppError, InvalidRequest
 from app.services.batches import BatchService
-from app.services.files import FileService, batch_file_id, file_id_for_key
+from app.services.files import FileService
 from app.services.llama import LlamaProbe, LlamaUnavailable
 from app.services.process import ProcessService
 from kernel.config import Settings
 from kernel.endpoints import ENDPOINTS
+from kernel.keys import batch_file_id, file_id_for_key
 from kernel.lines import LineError, normalize_request
 from kernel.view import BatchView
 

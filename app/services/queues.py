@@ -8,15 +8,14 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import urllib3
 from minio import Minio
-from minio.error import S3Error
 
 from app.services.temporal import TaskQueueState, TemporalService
 from kernel.boxes import read_boxes
 from kernel.config import Settings
 from kernel.inputs import BATCH_WORKFLOW
 from kernel.periodic import Periodic
+from kernel.storage import S3_FAILURES
 from kernel.supervisor import (
     RUNNING_STATES,
     WORKER_PROGRAMS,
@@ -47,7 +46,7 @@ async def boxes_report(settings: Settings, s3: Minio) -> tuple[list[dict[str, An
         records = await asyncio.to_thread(
             read_boxes, s3, settings.MINIO_BUCKET, settings.GPU_TASK_QUEUE, now
         )
-    except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
+    except S3_FAILURES as exc:
         return [], f"could not read the box records from S3: {exc}"
     boxes = []
     for record in records:

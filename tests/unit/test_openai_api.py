@@ -13,9 +13,9 @@ from openai.types import Batch, FileObject
 from app.api.openai_schemas import OpenAIFile
 from app.core.errors import InvalidRequest
 from app.main import create_app
-from app.services.files import StoredFile, check_jsonl, file_id_for_key
+from app.services.files import StoredFile, check_jsonl
 from app.services.openai_compat import openai_batch
-from kernel.keys import errors_key, output_key
+from kernel.keys import errors_key, file_id_for_key, output_key
 from kernel.lifecycle import completion_window_seconds
 from kernel.status import BatchErrors, BatchStatus, RequestCounts, Usage
 from kernel.view import BatchView

@@ -1,25 +1,23 @@
 """CPU activities: validate and split a batch's input into shards, merge shard results.
 
 Both stream: neither the input, a shard nor the output is ever held whole in memory
-(shards and outputs are spooled to a temporary file past SPOOL_BYTES and uploaded in
-parts). Both are idempotent (same objects rewritten on a retry), so a killed worker only
-delays a batch. They are synchronous and run in the worker's thread pool; a keep-alive
-thread heartbeats through every S3 read and write, even one the client is retrying while
-S3 is away, so only a dead worker misses its heartbeat.
+(shards and outputs go through `kernel.storage.JsonlSpool`: spooled to a temporary file and
+uploaded in parts). Both are idempotent (same objects rewritten on a retry), so a killed
+worker only delays a batch. They are synchronous and run in the worker's thread pool; a
+keep-alive thread heartbeats through every S3 read and write, even one the client is
+retrying while S3 is away, so only a dead worker misses its heartbeat.
 """
 
 from __future__ import annotations
 
 import contextvars
 import hashlib
-import io
 import json
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any, BinaryIO, cast
+from typing import Any
 
 from minio import Minio
 from minio.error import S3Error
@@ -31,34 +29,17 @@ from kernel.inputs import MAX_SHARD_BYTES, MergeInput, MergeResult, SplitInput, 
 from kernel.jsonl import TooLong, iter_lines
 from kernel.keys import errors_key, invalid_lines_key, output_key, shard_key, summary_key
 from kernel.lines import LineError, parse_line
-from kernel.results import READ_CHUNK_BYTES, ShardResults
+from kernel.results import ShardResults
+from kernel.storage import JsonlSpool, ObjectStream, is_missing, put_bytes, stream_object
 
-SPOOL_BYTES = 16 << 20
-PART_BYTES = 8 << 20  # objects larger than this go up as a multipart upload
 HEARTBEAT_SECONDS = 2.0
 
 
-def _put(client: Minio, bucket: str, key: str, data: IO[bytes], size: int) -> None:
-    data.seek(0)
-    client.put_object(
-        bucket,
-        key,
-        cast(BinaryIO, data),
-        length=size,
-        content_type="application/x-ndjson",
-        part_size=PART_BYTES,
-    )
-
-
-def _put_bytes(client: Minio, bucket: str, key: str, payload: bytes) -> None:
-    _put(client, bucket, key, io.BytesIO(payload), len(payload))
-
-
-def _open(client: Minio, bucket: str, key: str) -> Any:
+def _open(client: Minio, bucket: str, key: str) -> ObjectStream:
     try:
-        return client.get_object(bucket, key)
+        return stream_object(client, bucket, key)
     except S3Error as exc:
-        if exc.code == "NoSuchKey":
+        if is_missing(exc):
             raise ApplicationError(
                 f"input object {key!r} does not exist in bucket {bucket!r}",
                 type="InputNotFound",
@@ -122,62 +103,45 @@ class BatchIOActivities:
             return self._split(params, heartbeat)
 
     def _split(self, params: SplitInput, heartbeat: _Heartbeat) -> SplitResult:
-        response = _open(self.s3, params.bucket, params.input_key)
         first_seen: dict[bytes, int] = {}
         shard_count = total = invalid = 0
-        shard_lines = shard_bytes = 0
+        shard_lines = 0
         first_error = ""
 
         with (
-            tempfile.SpooledTemporaryFile(SPOOL_BYTES) as invalid_file,
-            tempfile.SpooledTemporaryFile(SPOOL_BYTES) as shard_file,
+            _open(self.s3, params.bucket, params.input_key) as chunks,
+            JsonlSpool(self.s3, params.bucket) as invalid_file,
+            JsonlSpool(self.s3, params.bucket) as shard_file,
         ):
 
             def flush_shard() -> None:
-                nonlocal shard_count, shard_lines, shard_bytes
-                key = shard_key(params.batch_id, shard_count)
-                _put(self.s3, params.bucket, key, shard_file, shard_bytes)
-                shard_file.seek(0)
-                shard_file.truncate()
+                nonlocal shard_count, shard_lines
+                shard_file.upload(shard_key(params.batch_id, shard_count))
                 shard_count += 1
-                shard_lines = shard_bytes = 0
+                shard_lines = 0
 
-            try:
-                for line_no, raw in enumerate(
-                    iter_lines(response.stream(READ_CHUNK_BYTES), MAX_LINE_BYTES), start=1
-                ):
-                    if isinstance(raw, bytes) and not raw.strip():
-                        continue
-                    total += 1
-                    heartbeat(line_no)
-                    try:
-                        encoded, custom_id = self._check_line(raw, params, line_no, first_seen)
-                    except LineError as exc:
-                        invalid += 1
-                        message = str(exc)
-                        first_error = first_error or f"line {line_no}: {message}"
-                        record = invalid_line(line_no, exc.custom_id, message)
-                        invalid_file.write(json.dumps(record).encode() + b"\n")
-                        continue
-                    if shard_lines and shard_bytes + len(encoded) > MAX_SHARD_BYTES:
-                        flush_shard()
-                    shard_file.write(encoded)
-                    shard_lines += 1
-                    shard_bytes += len(encoded)
-                    if shard_lines >= params.shard_size:
-                        flush_shard()
-            finally:
-                response.close()
-                response.release_conn()
+            for line_no, raw in enumerate(iter_lines(chunks, MAX_LINE_BYTES), start=1):
+                if isinstance(raw, bytes) and not raw.strip():
+                    continue
+                total += 1
+                heartbeat(line_no)
+                try:
+                    encoded, custom_id = self._check_line(raw, params, line_no, first_seen)
+                except LineError as exc:
+                    invalid += 1
+                    message = str(exc)
+                    first_error = first_error or f"line {line_no}: {message}"
+                    invalid_file.write_json(invalid_line(line_no, exc.custom_id, message))
+                    continue
+                if shard_lines and shard_file.size + len(encoded) > MAX_SHARD_BYTES:
+                    flush_shard()
+                shard_file.write(encoded)
+                shard_lines += 1
+                if shard_lines >= params.shard_size:
+                    flush_shard()
             if shard_lines:
                 flush_shard()
-            _put(
-                self.s3,
-                params.bucket,
-                invalid_lines_key(params.batch_id),
-                invalid_file,
-                invalid_file.tell(),
-            )
+            invalid_file.upload(invalid_lines_key(params.batch_id))
         activity.logger.info(
             "batch %s: %d line(s), %d invalid, %d shard(s)",
             params.batch_id,
@@ -227,10 +191,7 @@ class BatchIOActivities:
     def _merge(self, params: MergeInput, heartbeat: _Heartbeat) -> MergeResult:
         completed = failed = 0
         results = ShardResults(self.s3, params.bucket, params.batch_id)
-        with (
-            tempfile.SpooledTemporaryFile(SPOOL_BYTES) as out,
-            tempfile.SpooledTemporaryFile(SPOOL_BYTES) as err,
-        ):
+        with JsonlSpool(self.s3, params.bucket) as out, JsonlSpool(self.s3, params.bucket) as err:
             for success, line in results.lines(params.shard_count, on_shard=heartbeat):
                 if success:
                     out.write(line + b"\n")
@@ -238,8 +199,8 @@ class BatchIOActivities:
                 else:
                     err.write(line + b"\n")
                     failed += 1
-            _put(self.s3, params.bucket, output_key(params.batch_id), out, out.tell())
-            _put(self.s3, params.bucket, errors_key(params.batch_id), err, err.tell())
+            out.upload(output_key(params.batch_id))
+            err.upload(errors_key(params.batch_id))
         summary = {
             "id": params.batch_id,
             "status": params.status,
@@ -249,11 +210,12 @@ class BatchIOActivities:
             "output_key": output_key(params.batch_id),
             "error_key": errors_key(params.batch_id),
         }
-        _put_bytes(
+        put_bytes(
             self.s3,
             params.bucket,
             summary_key(params.batch_id),
             json.dumps(summary, indent=2).encode(),
+            content_type="application/json",
         )
         activity.logger.info(
             "batch %s merged: %d completed, %d failed", params.batch_id, completed, failed

@@ -5,26 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import tempfile
 import time
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 from minio import Minio
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from kernel.inputs import ProcessInput, ProcessResult, ShardInput, ShardResult
-from kernel.jsonl import iter_result_lines
 from kernel.keys import parse_result_key, result_key, shard_key, shard_results_prefix
+from kernel.storage import list_objects, read_lines, write_jsonl
 from workers.health import LlamaHealth
 from workers.llama import LlamaClient, LlamaUnavailable
 
 HEARTBEAT_SECONDS = 1.0
-READ_CHUNK_BYTES = 256 * 1024
-SPOOL_BYTES = 8 << 20
-PART_BYTES = 16 << 20
 WRITE_RETRY_SECONDS = 600.0
 # A shard handed over because llama-server is gone: how long it tries to store the lines it
 # answered (S3 away too: they are answered again elsewhere rather than holding the shard),
@@ -104,49 +100,24 @@ class InferenceActivities:
 
     def _read_shard(self, bucket: str, key: str) -> list[dict[str, Any]]:
         """The shard's requests, parsed line by line as the object streams in."""
-        response = self.s3.get_object(bucket, key)
-        try:
-            return [
-                json.loads(line) for line in iter_result_lines(response.stream(READ_CHUNK_BYTES))
-            ]
-        finally:
-            response.close()
-            response.release_conn()
+        return [json.loads(line) for line in read_lines(self.s3, bucket, key)]
 
     def _earlier_answers(self, params: ShardInput) -> tuple[dict[str, dict[str, Any]], int]:
         """The lines earlier attempts of this shard stored (a shard handed over keeps what it
         answered; one cut off may have written everything), by custom_id, and the latest
         attempt that stored any (0: none)."""
         attempts: list[tuple[int, str]] = []
-        listing = self.s3.list_objects(
-            params.bucket, prefix=shard_results_prefix(params.batch_id, params.shard)
-        )
-        for item in listing:
-            parsed = parse_result_key(params.batch_id, item.object_name or "")
+        prefix = shard_results_prefix(params.batch_id, params.shard)
+        for item in list_objects(self.s3, params.bucket, prefix):
+            key = item.object_name or ""
+            parsed = parse_result_key(params.batch_id, key)
             if parsed is not None and parsed[0] == params.shard:
-                attempts.append((parsed[1], item.object_name or ""))
+                attempts.append((parsed[1], key))
         answers: dict[str, dict[str, Any]] = {}
         for _, key in sorted(attempts, reverse=True):
             for line in self._read_shard(params.bucket, key):
                 answers.setdefault(line["custom_id"], line)
         return answers, max((attempt for attempt, _ in attempts), default=0)
-
-    def _write_results(self, bucket: str, key: str, lines: list[dict[str, Any]]) -> None:
-        """One object at the attempt's key, spooled to disk past SPOOL_BYTES and sent in
-        parts rather than joined into one bytes object."""
-        with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as spool:
-            for line in lines:
-                spool.write(json.dumps(line).encode() + b"\n")
-            size = spool.tell()
-            spool.seek(0)
-            self.s3.put_object(
-                bucket,
-                key,
-                cast(BinaryIO, spool),
-                size,
-                content_type="application/x-ndjson",
-                part_size=PART_BYTES,
-            )
 
     async def _store(
         self,
@@ -162,7 +133,7 @@ class InferenceActivities:
         delay = 1.0
         while True:
             try:
-                await asyncio.to_thread(self._write_results, bucket, key, lines)
+                await asyncio.to_thread(write_jsonl, self.s3, bucket, key, lines)
                 return
             except Exception as exc:  # S3Error, urllib3's connection errors, OSError
                 if time.monotonic() + delay > deadline:
