@@ -74,9 +74,19 @@ def netem_unavailable() -> str | None:
         name = f"lbnetem{os.getpid()}"
         _ip("netns", "add", name)
         try:
-            _ip("-n", name, "link", "add", "a", "type", "veth", "peer", "name", "b")
+            _ip("-n", name, "link", "add", "lbna", "type", "veth", "peer", "name", "lbnb")
             tried = _tc(
-                "-n", name, "qdisc", "add", "dev", "a", "root", "netem", "delay", "1ms", check=False
+                "-n",
+                name,
+                "qdisc",
+                "add",
+                "dev",
+                "lbna",
+                "root",
+                "netem",
+                "delay",
+                "1ms",
+                check=False,
             )
             if tried.returncode != 0:
                 reason = f"this kernel has no tc netem qdisc ({tried.stderr.strip()})"
@@ -133,8 +143,15 @@ class Link:
         _tc("-n", self.namespace, "qdisc", "replace", "dev", self.ns_if, "root", *netem)
         _tc("qdisc", "replace", "dev", self.root_if, "root", *netem)
 
+    def narrow(self, rate_kbit: int) -> None:
+        """tc tbf on both ends: at most `rate_kbit` each way, a burst of 16 kB, packets
+        queued past 1 s dropped (a thin, congested link; works on kernels without netem)."""
+        tbf = ["tbf", "rate", f"{rate_kbit}kbit", "burst", "16kb", "latency", "1s"]
+        _tc("-n", self.namespace, "qdisc", "replace", "dev", self.ns_if, "root", *tbf)
+        _tc("qdisc", "replace", "dev", self.root_if, "root", *tbf)
+
     def clear(self) -> None:
-        """No netem any more (nothing when there was none)."""
+        """No netem or tbf any more (nothing when there was none)."""
         _tc("-n", self.namespace, "qdisc", "del", "dev", self.ns_if, "root", check=False)
         _tc("qdisc", "del", "dev", self.root_if, "root", check=False)
 
