@@ -1,7 +1,8 @@
 """Real partitions: box-b (its llama-server and GPU worker) lives in a network namespace of
-its own, joined to this machine by two veth pairs, one to Temporal and one to S3, which
-listen on the root-side addresses of those pairs (harness/netns.py). box-a and the API run
-beside them in the root namespace.
+its own, joined to this machine by two veth pairs, one to Temporal and one to S3
+(harness/netns.py). The stack's Temporal and S3 (on 127.0.0.1) are reached at the root-side
+address of their pair through a relay that only passes bytes, as a tunnel endpoint does
+(harness/relay.py). box-a, the API and the CPU worker run in the root namespace.
 
 - Both links cut mid-batch for longer than the heartbeat timeout, then healed: box-b's
   shards run on box-a within about the heartbeat timeout, the batch completes with every
@@ -21,9 +22,6 @@ netem.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,8 +31,9 @@ import pytest
 
 from harness import batches, netns
 from harness.fleet import Box
-from harness.netns import Namespace, stop_process
-from harness.stack import REPO_ROOT, Stack, free_port, free_port_block, start_stack
+from harness.netns import Namespace
+from harness.relay import TcpRelay
+from harness.stack import Stack, free_port, start_stack
 from tests.integration.test_fleet import (
     live_boxes,
     retries,
@@ -67,95 +66,55 @@ class Partitioned:
     ns: Namespace
 
 
-def wait_port(host: str, port: int, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"{what} did not listen on {host}:{port}")
-
-
-def control_plane_server(program: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Temporal or S3 started by the project's own program script, bound to the root-side
-    address of the box's link (for these tests only: the stack itself binds 127.0.0.1)."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            ["bash", "scripts/run_program.sh", program],
-            cwd=REPO_ROOT,
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+def split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
 
 
 @pytest.fixture(scope="module")
 def partitioned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Partitioned]:
     base = Path(tmp_path_factory.mktemp("partitions"))
-    control = base / "control"
-    (control / "logs").mkdir(parents=True)
-    servers: list[subprocess.Popen[bytes]] = []
+    relays: list[TcpRelay] = []
     stack: Stack | None = None
     box_b: Box | None = None
     with Namespace.create(["temporal", "s3"]) as ns:
         try:
-            temporal_host = ns.links["temporal"].root_address
-            s3_host = ns.links["s3"].root_address
-            temporal_port, s3_port = free_port(), free_port_block(10)
-            credentials = {"MINIO_ACCESS_KEY": "test-access", "MINIO_SECRET_KEY": "test-secret-key"}
-            servers.append(
-                control_plane_server(
-                    "temporal",
-                    {
-                        "TEMPORAL_HOST": temporal_host,
-                        "TEMPORAL_PORT": str(temporal_port),
-                        "TEMPORAL_UI_PORT": str(free_port()),
-                        "TEMPORAL_NAMESPACE": "default",
-                        "DATA_DIR": str(control),
-                    },
-                    control / "logs" / "temporal.log",
-                )
-            )
-            servers.append(
-                control_plane_server(
-                    "s3",
-                    {"S3_HOST": s3_host, "S3_PORT": str(s3_port), "DATA_DIR": str(control)}
-                    | credentials,
-                    control / "logs" / "s3.log",
-                )
-            )
-            wait_port(temporal_host, temporal_port, "Temporal")
-            wait_port(s3_host, s3_port, "S3")
-            # hybrid: the stack runs the API, workers and box-a's llama-server; Temporal and
-            # S3 are the ones above.
             stack = start_stack(
                 base,
-                DEPLOY_MODE="hybrid",
-                TEMPORAL_ADDRESS=f"{temporal_host}:{temporal_port}",
-                MINIO_ENDPOINT=f"{s3_host}:{s3_port}",
-                LLAMA_MODEL="models/tiny-llama.gguf",
                 BOX_NAME="box-a",
                 LLAMA_PARALLEL="4",
                 LLAMA_CTX_PER_SLOT="512",
                 BATCH_WINDOW="1",
                 WORKER_IDLE_EXIT_SECONDS="600",
-                **credentials,
             )
-            box_b = Box(stack, "box-b", 2, base, netns=ns)
+            # The stack's Temporal and S3 at the root-side address of box-b's links.
+            for service, setting in (("temporal", "TEMPORAL_ADDRESS"), ("s3", "MINIO_ENDPOINT")):
+                relay = TcpRelay(
+                    (ns.links[service].root_address, free_port()), split(stack.env[setting])
+                )
+                relays.append(relay.start())
+            box_b = Box(
+                stack,
+                "box-b",
+                2,
+                base,
+                netns=ns,
+                TEMPORAL_ADDRESS=relays[0].address,
+                MINIO_ENDPOINT=relays[1].address,
+            )
             box_b.start()
             yield Partitioned(stack, box_b, ns)
         finally:
             ns.heal_all()
             if box_b is not None:
                 box_b.stop()
+            for relay in relays:
+                relay.stop()
             if stack is not None:
+                if FIGURES:
+                    path = stack.data_dir.parent / "network-faults.json"
+                    path.write_text(json.dumps(FIGURES, indent=1))
                 stack.stop()
-            for server in servers:
-                stop_process(server)
-            if FIGURES:
-                (base / "network-faults.json").write_text(json.dumps(FIGURES, indent=1))
 
 
 def both_boxes_live(p: Partitioned) -> None:
