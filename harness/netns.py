@@ -168,6 +168,7 @@ class Namespace:
         reason = unavailable()
         if reason is not None:
             raise RuntimeError(reason)
+        _remove_leftovers()
         tag = f"{os.getpid() % 100000}"
         namespace = cls(name=f"lbbox{tag}")
         _ip("netns", "add", namespace.name)
@@ -241,6 +242,18 @@ class Namespace:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _remove_leftovers() -> None:
+    """Namespaces an earlier run left behind (killed before its teardown): those named by
+    this module whose creator is gone and that hold no process any more."""
+    for line in _ip("netns", "list").stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if not name.startswith("lbbox") or not name[5:].isdigit():
+            continue
+        if Path(f"/proc/{name[5:]}").exists() or _ip("netns", "pids", name).stdout.strip():
+            continue
+        _ip("netns", "del", name, check=False)
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> None:

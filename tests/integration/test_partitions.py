@@ -49,10 +49,10 @@ pytestmark = [
 ]
 
 SHARD = 25
-ITEMS = 600
+ITEMS = 300
 HEARTBEAT_SECONDS = 15.0  # SHARD_HEARTBEAT
 HANDOVER_SECONDS = 10.0  # LLAMA_DOWN_HANDOVER_SECONDS
-CUT_SECONDS = 25.0  # longer than the heartbeat timeout
+CUT_SECONDS = 20.0  # longer than the heartbeat timeout
 # How late after the fault the first shard may start elsewhere: the timeout that moves it
 # plus the retry delay and a margin for a machine shared by many tests.
 MARGIN_SECONDS = 10.0
@@ -239,8 +239,8 @@ def test_a_box_cut_off_from_s3_alone_gives_its_shards_up(partitioned: Partitione
     assert handed_over <= HANDOVER_SECONDS + MARGIN_SECONDS
     # S3 back: box-b works again.
     wait_for(lambda: "box-b" in live_boxes(p.stack), 90, "box-b back after the heal")
-    again, _ = run_batch(p, "sa", 300)
-    check_exactly_once(p, again, "sa", 300)
+    again, _ = run_batch(p, "sa", 150)
+    check_exactly_once(p, again, "sa", 150)
     assert again["boxes"].get("box-b", 0) > 0, f"box-b took no shard again: {again}"
 
 
