@@ -12,14 +12,25 @@ from pathlib import Path
 
 import httpx
 
+from harness.netns import Namespace
 from harness.stack import REPO_ROOT, Stack, free_port
 
 
 class Box:
-    """A second GPU box on this machine: llama-server and GPU worker, stopped by pid."""
+    """A second GPU box on this machine: llama-server and GPU worker, stopped by pid; in
+    `netns` (a network namespace of its own) when given."""
 
-    def __init__(self, stack: Stack, name: str, slots: int, log_dir: Path, **extra: str) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        name: str,
+        slots: int,
+        log_dir: Path,
+        netns: Namespace | None = None,
+        **extra: str,
+    ) -> None:
         self.stack = stack
+        self.netns = netns
         self.name = name
         self.slots = slots
         self.port = free_port()
@@ -45,6 +56,8 @@ class Box:
         )
 
     def _spawn(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
+        if self.netns is not None:
+            return self.netns.popen(args, self.log_dir / log, self._env(), cwd=REPO_ROOT)
         with open(self.log_dir / log, "ab") as out:
             return subprocess.Popen(
                 args, cwd=REPO_ROOT, env=self._env(), stdout=out, stderr=subprocess.STDOUT
@@ -63,13 +76,21 @@ class Box:
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if self.llama_answers():
+                return
             time.sleep(0.2)
         raise AssertionError(f"{self.name}'s llama-server did not come up")
+
+    def llama_answers(self) -> bool:
+        """Whether llama-server answers /health 200 (asked from inside its namespace)."""
+        url = f"http://127.0.0.1:{self.port}/health"
+        if self.netns is not None:
+            code = f"import urllib.request as u; u.urlopen({url!r}, timeout=2)"
+            return self.netns.run([sys.executable, "-c", code]).returncode == 0
+        try:
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def running(self) -> bool:
         return all(p is not None and p.poll() is None for p in (self.worker, self.llama))

@@ -11,7 +11,7 @@ LOG_PREFIX=setup
 readonly VENV="${VENV:-${PROJECT_ROOT}/.venv}"
 readonly BASE_PYTHON="${BASE_PYTHON:-python3}"
 # Build tools for llama-server; ssh/rsync for the deploy tests; chromium for the dashboard test.
-readonly SYSTEM_PACKAGES=(cmake ninja-build g++ make rsync openssh-server openssh-client curl chromium)
+readonly SYSTEM_PACKAGES=(cmake ninja-build g++ make rsync openssh-server openssh-client curl chromium iproute2)
 
 usage() {
   cat <<USAGE

@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from workers.health import PROBE_TIMEOUT_SECONDS, LlamaHealth
+from workers.health import CHECK_TIMEOUT_SECONDS, PROBE_TIMEOUT_SECONDS, LlamaHealth
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +188,25 @@ class LlamaClient:
         else:
             self.health.failed(f"GET /health: HTTP {answer.status}", since=started)
 
+    async def check_request(self) -> None:
+        """One tiny real request (a single token), no retries, while requests are failing:
+        a success clears the failing stretch (one bad prompt on a sound server), a 5xx or no
+        answer within CHECK_TIMEOUT_SECONDS extends it (a sick server)."""
+        started = time.monotonic()
+        body = {"prompt": "ok", "n_predict": 1, "cache_prompt": False}
+        try:
+            answer = await self._request("POST", "/completion", body, CHECK_TIMEOUT_SECONDS)
+        except TimeoutError:
+            self.health.request_failed("check request: no answer in time", since=started)
+            return
+        except (aiohttp.ClientError, OSError) as exc:
+            self.health.failed(f"check request: {exc!r}", since=started)
+            return
+        if answer.status in TRANSIENT_STATUS:
+            self.health.request_failed(f"check request: HTTP {answer.status}")
+        else:
+            self.health.request_answered()
+
     async def slots(self, refresh: bool = False) -> int:
         """llama-server's slot count; waits (with the retry budget) while it is down."""
         if self._slots and not refresh:
@@ -213,9 +232,13 @@ class LlamaClient:
         send: Callable[[], Awaitable[Answer]],
         what: str,
         budget: RetryBudget | None = None,
+        request: bool = False,
     ) -> Answer:
         """Sends until the answer is not transient or `budget` (started now when not given)
-        runs out."""
+        runs out. For a `request` (a prompt, not a look at the server), a 500 still answered
+        when the budget runs out is returned: one bad prompt on a server that answers
+        others becomes its own error line rather than failing its whole shard (a server
+        failing every request is handed over long before, see workers/health.py)."""
         if budget is None:
             budget = RetryBudget(self.retry_budget_seconds)
             budget.start()
@@ -224,13 +247,24 @@ class LlamaClient:
             try:
                 answer = await send()
                 if answer.status not in TRANSIENT_STATUS:
-                    self.health.answered()
+                    if request:
+                        self.health.request_answered()
+                    else:
+                        self.health.answered()
                     return answer
                 problem = f"HTTP {answer.status}"
+                # It answers, with a failure: counted as a request failing, not as down.
+                self.health.request_failed(f"{what}: {problem}")
             except (aiohttp.ClientError, TimeoutError) as exc:  # refused, reset, timeouts
+                answer = None
                 problem = repr(exc)
-            self.health.failed(f"{what}: {problem}")
+                self.health.failed(f"{what}: {problem}")
+                if isinstance(exc, TimeoutError):
+                    self.health.request_failed(f"{what}: {problem}")
             if budget.left() < delay:
+                if request and answer is not None and answer.status == 500:
+                    logger.warning("%s: HTTP 500 for %gs; failing this line", what, budget.seconds)
+                    return answer
                 raise LlamaUnavailable(
                     f"{what}: llama-server at {self.base_url} failing for "
                     f"{self.retry_budget_seconds:g}s, last: {problem}"
@@ -254,7 +288,7 @@ class LlamaClient:
                 budget.start()
                 return await self._request("POST", url, body)
 
-        answer = await self._with_retries(send, f"{custom_id}: POST {url}", budget)
+        answer = await self._with_retries(send, f"{custom_id}: POST {url}", budget, request=True)
         try:
             payload: Any = json.loads(answer.body)
         except ValueError:

@@ -14,13 +14,12 @@ from typing import Any
 from temporalio.worker import FixedSizeSlotSupplier, WorkerTuner
 
 from kernel.config import Settings
-from kernel.periodic import Periodic
 from kernel.storage import ensure_bucket, make_minio
 from workers.activities.batch_io import BatchIOActivities
 from workers.activities.capacity import CapacityActivities
 from workers.activities.inference import InferenceActivities
 from workers.box import BoxReporter, MeteredLlama
-from workers.health import LlamaHealth, ShardSlots, llama_watch
+from workers.health import BoxWatch, LlamaHealth, ShardSlots, s3_probe_client
 from workers.llama import LlamaClient
 from workers.workflows.batch import BatchWorkflow
 from workers.workflows.process import ProcessWorkflow
@@ -60,7 +59,7 @@ class Registry:
     urgent_max_concurrent_activities: int | None = None
     _llama: LlamaClient | None = field(default=None, repr=False)
     box_reporter: BoxReporter | None = None
-    llama_watch: Periodic | None = None
+    llama_watch: BoxWatch | None = None
 
     def start(self) -> None:
         """Starts what runs beside the worker (the GPU box's record and llama-server probe);
@@ -125,5 +124,11 @@ def build_registry(queue: str, settings: Settings) -> Registry:
             shard_room=GPU_CONCURRENT_SHARDS,
             price_per_hour=settings.BOX_PRICE_PER_HOUR,
         ),
-        llama_watch=llama_watch(llama.check_health),
+        llama_watch=BoxWatch(
+            health,
+            llama.check_health,
+            llama.check_request,
+            s3_probe_client(settings),
+            settings.MINIO_BUCKET,
+        ),
     )

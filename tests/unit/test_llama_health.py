@@ -132,3 +132,103 @@ def test_hand_overs_can_never_exhaust_a_shard_s_retries() -> None:
     assert SHARD_RETRY.maximum_attempts == 0  # unlimited
     assert SHARD_RETRY.non_retryable_error_types in (None, [])
     assert HANDOVER_RETRY_DELAY < SHARD_HEARTBEAT
+
+
+# A sick llama-server (it answers /health, fails every request) and S3 out of reach.
+
+
+def test_requests_failing_while_health_answers_is_gone_after_the_hand_over_time(
+    clock: Clock,
+) -> None:
+    health = LlamaHealth(10.0, clock=clock)
+    health.answered()
+    health.request_failed("POST /v1/chat/completions: HTTP 500")
+    assert health.checking
+    clock.now += 6
+    health.answered()  # the /health probe: alive, which clears nothing here
+    clock.now += 4
+    assert health.gone and health.cause == "LlamaFailing" and not health.takes_shards
+    assert "answers /health but has failed every request for 10s" in health.describe()
+    health.request_answered()  # a check request (or a shard's) succeeded
+    assert not health.gone and not health.checking and health.takes_shards
+
+
+def test_one_request_succeeding_in_between_starts_the_count_again(clock: Clock) -> None:
+    health = LlamaHealth(10.0, clock=clock)
+    health.answered()
+    health.request_failed("HTTP 500")
+    clock.now += 8
+    health.request_answered()
+    health.request_failed("HTTP 500")
+    clock.now += 8
+    assert not health.gone
+
+
+def test_s3_out_of_reach_for_the_hand_over_time_stops_the_box(clock: Clock) -> None:
+    health = LlamaHealth(10.0, clock=clock)
+    health.answered()
+    started = clock.now
+    clock.now += 5
+    health.s3_failed("ConnectTimeoutError", since=started)  # a probe that timed out
+    assert not health.gone
+    clock.now += 5
+    assert health.s3_gone and health.gone and health.cause == "S3Down"
+    assert not health.takes_shards
+    assert "S3 has not answered for 10s (last: ConnectTimeoutError)" in health.describe()
+    health.s3_answered()
+    assert not health.gone and health.takes_shards
+
+
+async def test_an_s3_call_is_dropped_once_s3_is_gone(clock: Clock) -> None:
+    from workers.health import S3Gone
+
+    health = LlamaHealth(10.0, clock=clock)
+    health.answered()
+    assert await health.s3_call(lambda x: x + 1, 1) == 2
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def hangs() -> None:  # a write to an S3 that no longer answers
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
+
+    call = asyncio.create_task(health.s3_call(hangs))
+    await asyncio.sleep(0.3)
+    assert not call.done()
+    health.s3_failed("refused")
+    clock.now += 11
+    with pytest.raises(S3Gone, match="S3 has not answered for 11s"):
+        async with asyncio.timeout(5):
+            await call
+    release.set()
+
+
+async def test_the_client_counts_a_500_as_a_failing_request_and_checks_with_a_tiny_one(
+    clock: Clock,
+) -> None:
+    health = LlamaHealth(10.0, clock=clock)
+    llama = LlamaClient("http://127.0.0.1:1", health=health)
+    answers = [Answer(500, b"{}"), Answer(200, b"{}")]
+    sent: list[tuple[str, str]] = []
+
+    async def request(method: str, path: str, *args: Any, **kwargs: Any) -> Answer:
+        sent.append((method, path))
+        return answers.pop(0)
+
+    llama._request = request  # type: ignore[method-assign]
+    await llama.check_request()
+    assert health.checking and health.down_since is None  # it answers, with a failure
+    await llama.check_request()
+    assert not health.checking
+    assert sent == [("POST", "/completion")] * 2
+
+
+async def test_one_bad_prompt_becomes_its_error_line_after_its_budget(clock: Clock) -> None:
+    llama = LlamaClient("http://127.0.0.1:1", retry_budget_seconds=0.3)
+    llama._slots = 1
+
+    async def request(method: str, path: str, *args: Any, **kwargs: Any) -> Answer:
+        return Answer(500, b'{"error": {"message": "bad prompt"}}')
+
+    llama._request = request  # type: ignore[method-assign]
+    line = await llama.run("c1", "/v1/chat/completions", {})
+    assert line["error"] == {"code": "llama_http_500", "message": "bad prompt"}

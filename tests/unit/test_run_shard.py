@@ -260,3 +260,32 @@ async def test_after_a_reset_an_attempt_writes_after_every_stored_one(s3: FakeS3
     )
     assert llama.answered == 9
     assert stored_ids(s3, 4) == [f"r{i}" for i in range(10)]
+
+
+async def test_a_box_cut_off_from_s3_gives_a_shard_up_without_waiting_for_its_write(
+    s3: FakeS3,
+) -> None:
+    """The shard answered everything but S3 does not take the result: once S3 has been
+    away for the hand-over time the shard fails retryably (`S3Down`) instead of retrying
+    its write for minutes while heartbeating."""
+    clock = Clock()
+    health = LlamaHealth(15.0, clock=clock)
+    health.answered()
+    s3.failures = 10**6
+    llama = FakeLlama({f"r{i}" for i in range(10)})
+    activities = InferenceActivities(s3, llama, "box-b", health)  # type: ignore[arg-type]
+    task = asyncio.create_task(
+        ActivityEnvironment().run(
+            activities.run_shard, ShardInput(batch_id=BATCH, bucket="b", shard=0)
+        )
+    )
+    await asyncio.sleep(0.5)
+    assert not task.done(), "the write is retried while S3 may come back"
+    health.s3_failed("refused")
+    clock.now += 16
+    with pytest.raises(ApplicationError) as raised:
+        async with asyncio.timeout(10):
+            await task
+    assert raised.value.type == "S3Down" and not raised.value.non_retryable
+    assert raised.value.next_retry_delay == HANDOVER_RETRY_DELAY
+    assert "box box-b: S3 has not answered for 16s" in str(raised.value)

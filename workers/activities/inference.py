@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 from kernel.inputs import ProcessInput, ProcessResult, ShardInput, ShardResult
 from kernel.keys import parse_result_key, result_key, shard_key, shard_results_prefix
 from kernel.storage import list_objects, read_lines, write_jsonl
-from workers.health import LlamaHealth
+from workers.health import LlamaHealth, S3Gone
 from workers.llama import LlamaClient, LlamaUnavailable
 
 HEARTBEAT_SECONDS = 1.0
@@ -133,8 +133,10 @@ class InferenceActivities:
         delay = 1.0
         while True:
             try:
-                await asyncio.to_thread(write_jsonl, self.s3, bucket, key, lines)
+                await self.health.s3_call(write_jsonl, self.s3, bucket, key, lines)
                 return
+            except S3Gone:
+                raise
             except Exception as exc:  # S3Error, urllib3's connection errors, OSError
                 if time.monotonic() + delay > deadline:
                     raise
@@ -177,7 +179,7 @@ class InferenceActivities:
         return ApplicationError(
             f"box {self.box}: {self.health.describe()}; shard {params.shard} handed over "
             f"to another box, {kept}",
-            type="LlamaDown",
+            type=self.health.cause,
             next_retry_delay=HANDOVER_RETRY_DELAY,
         )
 
@@ -201,6 +203,8 @@ class InferenceActivities:
         heartbeat = asyncio.create_task(_heartbeat_forever(progress))
         try:
             return await self._run_shard(params, progress)
+        except S3Gone:  # S3 away for the hand-over time: another box runs the shard
+            raise self._gone(params, "what it answered not stored") from None
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -210,10 +214,10 @@ class InferenceActivities:
         if self.health.gone:  # brought in by a poll made before llama-server went
             raise self._gone(params, "nothing answered here")
         requests, (earlier, latest) = await asyncio.gather(
-            asyncio.to_thread(
+            self.health.s3_call(
                 self._read_shard, params.bucket, shard_key(params.batch_id, params.shard)
             ),
-            asyncio.to_thread(self._earlier_answers, params),
+            self.health.s3_call(self._earlier_answers, params),
         )
         # The attempt's key; after a workflow reset (attempts counted from 1 again) it still
         # comes after every object stored before.
