@@ -429,8 +429,7 @@ class Readme:
             )
             stdout, stderr, returncode = result.stdout, result.stderr, result.returncode
         shown = (
-            f"{block.where} ({block.name}):\n$ {code}\n"
-            f"--- stdout\n{stdout}\n--- stderr\n{stderr}"
+            f"{block.where} ({block.name}):\n$ {code}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
         )
 
         expected_exit = int(block.option("exit", "0"))
@@ -539,11 +538,8 @@ def readme(
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         capture = request.config.pluginmanager.get_plugin("capturemanager")
         summary = (
-            f"README and linked pages' examples: {len(state.ran)} run, "
-            f"{len(state.skipped)} skipped"
-        ) + "".join(
-            f"\n  skipped {name}" for name in state.skipped
-        )
+            f"README and linked pages' examples: {len(state.ran)} run, {len(state.skipped)} skipped"
+        ) + "".join(f"\n  skipped {name}" for name in state.skipped)
         if reporter is not None and capture is not None:
             with capture.global_and_fixture_disabled():  # shown even when output is captured
                 reporter.write_line("\n" + summary)
