@@ -1,7 +1,13 @@
 """The README is a contract: its examples run here, as written, against a private stack.
 
-Convention for README.md (everyone adding a section follows it)
-----------------------------------------------------------------
+So is every page it links (docs/api.md, docs/operations.md, ...): the pages are read in the
+order the README first links them, after the README itself, and follow the same convention.
+Each page starts afresh: its own `vars` and ids, the settings file without the previous
+page's edits, and the stack running (a page may stop it; the next one starts it again).
+Every relative link of these pages must lead to a file, and an anchor to a heading there.
+
+Convention for README.md and the pages it links (everyone adding a section follows it)
+-------------------------------------------------------------------------------------
 Every fenced block whose language is bash, sh, shell, console, python or py is an example
 and must be preceded (blank lines allowed) by exactly one marker line:
 
@@ -39,7 +45,8 @@ in the same environment. Before running, the test substitutes:
   - `make up` by `make -o setup up`: `make test` did the set-up before the tests ran;
   - a literal id `batch_<32 hex>` / `proc_<32 hex>` by the id a block before it produced:
     when a `run` block's documented JSON has a top-level "id", the output's "id" replaces
-    that literal from then on. An id no earlier block produced fails the block.
+    that literal from then on (on that page). An id no earlier block of the page produced
+    fails the block.
 
 The stack is this module's own (the session one is shared; these examples stop and restart
 theirs). Counts of examples run and skipped are printed at the end.
@@ -80,6 +87,7 @@ ELLIPSIS = "…"
 
 @dataclass
 class Block:
+    page: str  # path from the repository root: README.md, docs/api.md, ...
     line: int  # 1-based line of the opening fence
     lang: str
     code: str
@@ -96,9 +104,13 @@ class Block:
     def all(self, key: str) -> list[str]:
         return [v for k, v in self.options if k == key]
 
+    @property
+    def where(self) -> str:
+        return f"{self.page}:{self.line}"
 
-def parse_readme(text: str) -> tuple[list[Block], list[str]]:
-    """Every fenced block with its marker, and the problems in the markers."""
+
+def parse_readme(text: str, page: str = "README.md") -> tuple[list[Block], list[str]]:
+    """Every fenced block of one page with its marker, and the problems in the markers."""
     lines = text.splitlines()
     blocks: list[Block] = []
     problems: list[str] = []
@@ -112,13 +124,13 @@ def parse_readme(text: str) -> tuple[list[Block], list[str]]:
             heading = m["title"]
         if (m := MARKER.match(line)) is not None:
             if marker is not None:
-                problems.append(f"README.md:{marker[0]}: marker not followed by a code block")
+                problems.append(f"{page}:{marker[0]}: marker not followed by a code block")
             marker = (i + 1, m)
             i += 1
             continue
         if (f := FENCE.match(line)) is None:
             if line.strip() and marker is not None:
-                problems.append(f"README.md:{marker[0]}: marker not followed by a code block")
+                problems.append(f"{page}:{marker[0]}: marker not followed by a code block")
                 marker = None
             i += 1
             continue
@@ -127,34 +139,34 @@ def parse_readme(text: str) -> tuple[list[Block], list[str]]:
             end += 1
         indent = len(line) - len(line.lstrip())
         code = "\n".join(x[indent:] if x[:indent].isspace() else x for x in lines[i + 1 : end])
-        block = Block(line=i + 1, lang=f["lang"].lower(), code=code, heading=heading)
+        block = Block(page=page, line=i + 1, lang=f["lang"].lower(), code=code, heading=heading)
         if marker is not None:
             block.kind = marker[1]["kind"]
             rest = marker[1]["rest"].strip()
             if block.kind == "skip":
                 block.reason = rest
                 if not rest:
-                    problems.append(f"README.md:{marker[0]}: `skip` needs a reason")
+                    problems.append(f"{page}:{marker[0]}: `skip` needs a reason")
             elif block.kind in ("run", "vars"):
                 try:
                     for word in shlex.split(rest):
                         key, _, value = word.partition("=")
                         if key not in RUN_OPTIONS:
-                            problems.append(f"README.md:{marker[0]}: unknown option {key!r}")
+                            problems.append(f"{page}:{marker[0]}: unknown option {key!r}")
                         block.options.append((key, value))
                 except ValueError as exc:
-                    problems.append(f"README.md:{marker[0]}: {exc}")
+                    problems.append(f"{page}:{marker[0]}: {exc}")
             else:
-                problems.append(f"README.md:{marker[0]}: unknown marker kind {block.kind!r}")
+                problems.append(f"{page}:{marker[0]}: unknown marker kind {block.kind!r}")
             if block.lang not in EXAMPLE_LANGUAGES:
                 problems.append(
-                    f"README.md:{marker[0]}: marker on a ```{block.lang} block "
+                    f"{page}:{marker[0]}: marker on a ```{block.lang} block "
                     f"(examples are {', '.join(sorted(EXAMPLE_LANGUAGES))})"
                 )
             marker = None
         elif block.lang in EXAMPLE_LANGUAGES:
             problems.append(
-                f"README.md:{block.line}: ```{block.lang} example under {heading!r} has no "
+                f"{page}:{block.line}: ```{block.lang} example under {heading!r} has no "
                 "<!-- readme-test: run|skip REASON|vars --> marker"
             )
         if blocks and blocks[-1].kind == "run" and block.lang == "json":
@@ -168,16 +180,96 @@ def parse_readme(text: str) -> tuple[list[Block], list[str]]:
             blocks.append(block)
         i = end + 1
     if marker is not None:
-        problems.append(f"README.md:{marker[0]}: marker not followed by a code block")
+        problems.append(f"{page}:{marker[0]}: marker not followed by a code block")
     return [b for b in blocks if b.lang in EXAMPLE_LANGUAGES], problems
 
 
-EXAMPLES, MARKER_PROBLEMS = parse_readme(README.read_text())
+# Pages and links -------------------------------------------------------------------------
+
+LINK = re.compile(r"\[[^\]]*\]\((?P<target>[^)\s]+)\)")
+INLINE_CODE = re.compile(r"`[^`\n]*`")
+
+
+def prose(text: str, inline_code: bool = False) -> str:
+    """The page without its fenced blocks, and without inline code unless asked (links are
+    not links there; headings keep theirs)."""
+    kept, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            kept.append("")
+            continue
+        kept.append("" if fenced else line if inline_code else INLINE_CODE.sub("", line))
+    return "\n".join(kept)
+
+
+def local_links(path: Path) -> list[tuple[int, Path, str]]:
+    """(line, target file, anchor) of every link to a file of the repository."""
+    found = []
+    for number, line in enumerate(prose(path.read_text()).splitlines(), start=1):
+        for m in LINK.finditer(line):
+            target = m["target"]
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:, ...
+                continue
+            file, _, anchor = target.partition("#")
+            found.append((number, (path.parent / file).resolve() if file else path, anchor))
+    return found
+
+
+def linked_pages(readme: Path) -> list[Path]:
+    """The Markdown pages the README links, in the order it first links them."""
+    pages: list[Path] = []
+    for _, target, _ in local_links(readme):
+        if target.suffix == ".md" and target != readme and target not in pages:
+            pages.append(target)
+    return pages
+
+
+def anchors(path: Path) -> set[str]:
+    """GitHub's ids of a page's headings: lower case, punctuation dropped, spaces to '-'."""
+    ids: set[str] = set()
+    counts: dict[str, int] = {}
+    for line in prose(path.read_text(), inline_code=True).splitlines():
+        if (m := HEADING.match(line)) is None:
+            continue
+        title = re.sub(r"[*`]|\[([^\]]*)\]\([^)]*\)", r"\1", m["title"]).strip().lower()
+        slug = re.sub(r"[^\w\- ]", "", title).replace(" ", "-")
+        n = counts.get(slug, 0)
+        counts[slug] = n + 1
+        ids.add(slug if n == 0 else f"{slug}-{n}")
+    return ids
+
+
+def relative(path: Path) -> str:
+    return str(path.relative_to(REPO_ROOT))
+
+
+PAGES = [README, *(p for p in linked_pages(README) if p.is_file())]
+EXAMPLES: list[Block] = []
+MARKER_PROBLEMS: list[str] = []
+for _page in PAGES:
+    _blocks, _problems = parse_readme(_page.read_text(), relative(_page))
+    EXAMPLES += _blocks
+    MARKER_PROBLEMS += _problems
 
 
 def test_every_example_is_marked() -> None:
     assert not MARKER_PROBLEMS, "\n".join(MARKER_PROBLEMS)
     assert any(b.kind == "run" for b in EXAMPLES)
+    assert len(PAGES) > 1, "the README links no page"
+
+
+def test_every_link_leads_somewhere() -> None:
+    """A link of the README or of a page it links names a file that exists, and a heading."""
+    problems = []
+    for page in PAGES:
+        for line, target, anchor in local_links(page):
+            where = f"{relative(page)}:{line}"
+            if not target.exists():
+                problems.append(f"{where}: no file {target}")
+            elif anchor and target.suffix == ".md" and anchor not in anchors(target):
+                problems.append(f"{where}: no heading #{anchor} in {relative(target)}")
+    assert not problems, "\n".join(problems)
 
 
 # Documented output ---------------------------------------------------------------------
@@ -236,7 +328,8 @@ def is_error(value: Any) -> bool:
 class Readme:
     stack: Stack
     settings_file: Path
-    ids: dict[str, str] = field(default_factory=dict)  # README literal -> real id
+    page: str = ""  # the page whose examples run now
+    ids: dict[str, str] = field(default_factory=dict)  # the page's literal -> real id
     vars: list[str] = field(default_factory=list)
     edits: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
@@ -277,7 +370,7 @@ class Readme:
             literal = match[0]
             if literal not in self.ids:
                 raise AssertionError(
-                    f"README.md:{block.line}: {literal} is not produced by an earlier example"
+                    f"{block.where}: {literal} is not produced by an earlier example"
                 )
             return self.ids[literal]
 
@@ -336,8 +429,7 @@ class Readme:
             )
             stdout, stderr, returncode = result.stdout, result.stderr, result.returncode
         shown = (
-            f"README.md:{block.line} ({block.name}):\n$ {code}\n"
-            f"--- stdout\n{stdout}\n--- stderr\n{stderr}"
+            f"{block.where} ({block.name}):\n$ {code}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
         )
 
         expected_exit = int(block.option("exit", "0"))
@@ -379,7 +471,7 @@ class Readme:
                 raise AssertionError(f"the example answered an error\n{shown}")
             return
         documented = parse_documented(block.documented)
-        assert actual, f"expected JSON output like README.md's\n{shown}"
+        assert actual, f"expected JSON output like {block.page}'s\n{shown}"
         if not any(is_error(d) for d in documented):
             assert not any(is_error(a) for a in actual), f"the example answered an error\n{shown}"
         problems: list[str] = []
@@ -393,6 +485,19 @@ class Readme:
             real = actual[0].get("id") if isinstance(actual[0], dict) else None
             assert isinstance(real, str), f"no id in the output\n{shown}"
             self.ids[literal] = real
+
+    def enter(self, page: str) -> None:
+        """A page starts afresh: its own vars and ids, no edits left, the stack running."""
+        if page == self.page:
+            return
+        self.page = page
+        self.ids.clear()
+        self.vars.clear()
+        self.revert_edits()
+        if not self.supervisord_up():
+            started = self.plain_shell("scripts/start_services.sh")
+            assert started.returncode == 0, started.stderr
+        self.stack.wait_healthy(timeout=180)
 
     def revert_edits(self) -> None:
         if not self.edits:
@@ -432,9 +537,9 @@ def readme(
             state.stack._client.close()
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         capture = request.config.pluginmanager.get_plugin("capturemanager")
-        summary = f"README examples: {len(state.ran)} run, {len(state.skipped)} skipped" + "".join(
-            f"\n  skipped {name}" for name in state.skipped
-        )
+        summary = (
+            f"README and linked pages' examples: {len(state.ran)} run, {len(state.skipped)} skipped"
+        ) + "".join(f"\n  skipped {name}" for name in state.skipped)
         if reporter is not None and capture is not None:
             with capture.global_and_fixture_disabled():  # shown even when output is captured
                 reporter.write_line("\n" + summary)
@@ -442,12 +547,13 @@ def readme(
 
 
 @pytest.mark.parametrize(
-    "block", [b for b in EXAMPLES if b.kind], ids=lambda b: f"L{b.line}-{b.name}"
+    "block", [b for b in EXAMPLES if b.kind], ids=lambda b: f"{b.page}:L{b.line}-{b.name}"
 )
 def test_readme_example(block: Block, readme: Readme) -> None:
     if block.kind == "skip":
-        readme.skipped.append(f"{block.name} (README.md:{block.line}): {block.reason}")
-        pytest.skip(f"README.md:{block.line} {block.name}: {block.reason}")
+        readme.skipped.append(f"{block.name} ({block.where}): {block.reason}")
+        pytest.skip(f"{block.where} {block.name}: {block.reason}")
+    readme.enter(block.page)
     readme.run(block)
     readme.ran.append(block.name)
 
