@@ -13,7 +13,6 @@ Errors are one line, `[deploy] error: REASON`, and exit status 1.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from pathlib import Path
 from deploy.console import PROGRAM_NAME, DeployError
 from deploy.lock import RemoteLock
 from deploy.remote import Remote
-from deploy.settings import DeploySettings, env_file_path, load
+from deploy.settings import SETTINGS_HELP, DeploySettings, env_file_path, load
 
 Arguments = Callable[[argparse.ArgumentParser], None]
 
@@ -146,7 +145,8 @@ def split_argv(argv: Sequence[str]) -> Invocation:
     words = list(argv)
     while words:
         word = words.pop(0)
-        if named is not None and COMMANDS.get(named, None) is not None and COMMANDS[named].rest:
+        spec = COMMANDS.get(named or "")
+        if spec is not None and spec.rest:
             found.args.append(word)
             found.args.extend(words)
             break
@@ -188,8 +188,6 @@ def usage() -> str:
             lines.append(f"  {spec.usage}")
             lines.append(f"  {'':<19}  {help_lines[0]}")
         lines += [f"  {'':<19}  {line}" for line in help_lines[1:]]
-    from deploy.commands import SETTINGS_HELP  # the settings table lives with the commands
-
     return "\n".join(lines) + "\n" + SETTINGS_HELP
 
 
@@ -223,8 +221,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if ctx is not None:
             ctx.close()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    raise SystemExit(main())

@@ -18,34 +18,10 @@ from deploy.console import PROGRAM_NAME, DeployError, log, out, sq
 from deploy.converge import converge
 from deploy.preflight import preflight, prepare_ssh
 from deploy.remote import NOT_DEPLOYED, SSH_LOST
-from deploy.settings import DEFAULT_IMAGE, PROGRAMS, DeploySettings, image_hint
+from deploy.settings import PROGRAMS, DeploySettings, image_hint
 from deploy.sync import sync_code, upload_env
 from deploy.tunnel import forwards, run_tunnel
 from kernel.config import mode_line
-
-SETTINGS_HELP = f"""
-Flags:
-  --dry-run            print every command that would change the instance, run rsync with
-                       --dry-run, change nothing (read-only checks still run)
-  --env-file FILE      read settings from FILE instead of .env
-  -h, --help           this help
-
-Settings (.env; the ones marked * may also come from the environment, which wins):
-  VAST_HOST*, VAST_PORT*, VAST_SSH_KEY*  SSH host, port and private key of the instance (required)
-  VAST_USER* (root)  REMOTE_DIR* (/workspace)  INSTANCE_VENV (/opt/venv)  DEPLOY_MODE (hybrid)
-  DATA_DIR (data)             never synced, never deleted on the instance by the sync
-  DEPLOY_LOCK_TIMEOUT* (600)  seconds to wait for another deploy holding the instance's lock
-  DEPLOY_SSH_TIMEOUT* (15)    SSH connect timeout in seconds
-  HEALTH_TIMEOUT* (300)       seconds to wait for /health after starting
-  TUNNEL_API_PORT* (18000), TUNNEL_WEB_PORT* (13000), TUNNEL_S3_CONSOLE_PORT* (19001)
-                              local ports of the tunnel (clear of a local stack's own)
-  TUNNEL_TEMPORAL_TARGET* (127.0.0.1:7233), TUNNEL_S3_TARGET* (127.0.0.1:9000)
-                              local Temporal and S3 the instance reaches through the tunnel (hybrid)
-  VAST_IMAGE*                 image named by 'offers' and in error messages
-                              (default {DEFAULT_IMAGE})
-  DEPLOY_TRACE=1              print every command this machine runs (secrets are never printed)
-  DEPLOY_PYTHON               the Python the launcher runs (default: .venv/bin/python, python3)
-"""
 
 OFFER_QUERY = (
     "gpu_name in [RTX_3090,RTX_4090] num_gpus=1 gpu_ram>=24 disk_space>=50 "

@@ -99,10 +99,10 @@ def converge(remote: Remote, changed: list[str]) -> str:
         rc, output = remote.probe("plan", dry_run_plan_script(changed))
         if rc != 0:
             raise DeployError(f"could not read the state of {settings.where}:{settings.remote_dir}")
-        plans = [line.removeprefix("plan: ") for line in output.splitlines()]
-        plans = [p for p, line in zip(plans, output.splitlines(), strict=True) if p != line]
+        lines = output.splitlines()
+        plans = [line.removeprefix("plan: ") for line in lines if line.startswith("plan: ")]
         if not plans or not plans[-1]:
-            last = output.splitlines()[-1] if output.strip() else ""
+            last = lines[-1] if lines else ""
             raise DeployError(f"could not plan the deploy on {settings.where}: {last}")
         log(f"start: would {plans[-1]}")
         remote.run(f"converge, then wait up to {timeout}s for /health", script)

@@ -5,6 +5,7 @@ Nothing is written on the instance here; a failure is one line that says what to
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -45,16 +46,9 @@ def check_key(key: Path) -> None:
     other users (ssh would refuse it with a less helpful message)."""
     if not key.exists():
         raise DeployError(f"VAST_SSH_KEY: no key at {key}")
-    try:
-        with key.open() as handle:
-            first = handle.readline()
-    except (OSError, UnicodeDecodeError) as exc:
-        if isinstance(exc, UnicodeDecodeError):
-            first = ""
-        else:
-            raise DeployError(f"VAST_SSH_KEY: {key} is not a readable file") from None
-    if not key.is_file():
+    if not key.is_file() or not os.access(key, os.R_OK):
         raise DeployError(f"VAST_SSH_KEY: {key} is not a readable file")
+    first = key.read_bytes()[:4096].decode(errors="replace").partition("\n")[0]
     if key.name.endswith(".pub") or _PUBLIC_KEY.match(first):
         pair = str(key).removesuffix(".pub")
         raise DeployError(

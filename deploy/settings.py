@@ -40,6 +40,31 @@ DEPLOY_KEYS = (
 # The image the README names; offers and the wrong-image message print it unless VAST_IMAGE
 # is set (ghcr.io/OWNER/REPO when this checkout's origin is on GitHub).
 DEFAULT_IMAGE = "ghcr.io/<owner>/<repo>:stable"
+# The settings part of --help.
+SETTINGS_HELP = f"""
+Flags:
+  --dry-run            print every command that would change the instance, run rsync with
+                       --dry-run, change nothing (read-only checks still run)
+  --env-file FILE      read settings from FILE instead of .env
+  -h, --help           this help
+
+Settings (.env; the ones marked * may also come from the environment, which wins):
+  VAST_HOST*, VAST_PORT*, VAST_SSH_KEY*  SSH host, port and private key of the instance (required)
+  VAST_USER* (root)  REMOTE_DIR* (/workspace)  INSTANCE_VENV (/opt/venv)  DEPLOY_MODE (hybrid)
+  DATA_DIR (data)             never synced, never deleted on the instance by the sync
+  DEPLOY_LOCK_TIMEOUT* (600)  seconds to wait for another deploy holding the instance's lock
+  DEPLOY_SSH_TIMEOUT* (15)    SSH connect timeout in seconds
+  HEALTH_TIMEOUT* (300)       seconds to wait for /health after starting
+  TUNNEL_API_PORT* (18000), TUNNEL_WEB_PORT* (13000), TUNNEL_S3_CONSOLE_PORT* (19001)
+                              local ports of the tunnel (clear of a local stack's own)
+  TUNNEL_TEMPORAL_TARGET* (127.0.0.1:7233), TUNNEL_S3_TARGET* (127.0.0.1:9000)
+                              local Temporal and S3 the instance reaches through the tunnel (hybrid)
+  VAST_IMAGE*                 image named by 'offers' and in error messages
+                              (default {DEFAULT_IMAGE})
+  DEPLOY_TRACE=1              print every command this machine runs (secrets are never printed)
+  DEPLOY_PYTHON               the Python the launcher runs (default: .venv/bin/python, python3)
+"""
+
 PROGRAMS = ("fastapi", "worker-cpu", "worker-gpu", "llama", "web", "temporal", "minio")
 
 REQUIRED = {

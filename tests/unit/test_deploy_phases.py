@@ -5,6 +5,7 @@ is a temporary folder), never over SSH."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import shlex
 import subprocess
@@ -13,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from deploy.cli import Context
-from deploy.commands import logs_script, ssh_script, summary
+from deploy.commands import logs_script, ssh_script, status, summary
 from deploy.console import DeployError
-from deploy.converge import Outcome, converge_script, dry_run_plan_script, failure
-from deploy.lock import lock_script
-from deploy.preflight import check_key, pins, runtime_script
-from deploy.remote import Remote, explain_ssh_failure, prelude
+from deploy.converge import Outcome, converge, converge_script, dry_run_plan_script, failure
+from deploy.lock import RemoteLock, lock_script
+from deploy.preflight import check_key, pins, preflight, runtime_script
+from deploy.remote import Call, Remote, explain_ssh_failure, prelude
 from deploy.settings import DeploySettings, load
 from deploy.sync import (
     changed_files,
@@ -26,6 +27,7 @@ from deploy.sync import (
     rsync_args,
     rsync_literal,
     secret_filters,
+    upload_env,
 )
 from deploy.tunnel import forwards
 from kernel.config import PROJECT_ROOT, Settings
@@ -257,3 +259,92 @@ def test_context_loads_settings_once(tmp_path: Path) -> None:
     ctx = Context(False, settings.env_file, True)
     assert ctx.settings is ctx.settings
     ctx.close()
+
+
+class LocalRemote(Remote):
+    """The real Remote with `bash` on this machine in place of `ssh TARGET bash`: every
+    phase's own logic runs, and its scripts run against a temporary "instance" folder."""
+
+    def stdin_call(self, body: str) -> Call:
+        return Call(("bash", "-s"), self.script(body))
+
+    def command_call(self, body: str, tty: bool = False) -> Call:
+        return Call(("bash", "-c", self.script(body)))
+
+    def connect(self) -> None:
+        self.mux_ready = False
+
+
+def local_settings(tmp_path: Path, **values: str) -> DeploySettings:
+    key = tmp_path / "id_key"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    return settings_for(tmp_path, **{"INSTANCE_VENV": str(PROJECT_ROOT / ".venv"), **values})
+
+
+def test_lock_phase_takes_waits_for_and_releases_the_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = RemoteLock(LocalRemote(local_settings(tmp_path)))
+    first.acquire()
+    assert "[deploy] lock: acquired" in capsys.readouterr().err
+    second = RemoteLock(LocalRemote(local_settings(tmp_path, DEPLOY_LOCK_TIMEOUT="1")))
+    with pytest.raises(DeployError, match="another deploy still holds the lock on .* after 1s"):
+        second.acquire()
+    assert "another deploy holds the instance" in capsys.readouterr().err
+    second.release()
+    first.release()
+    assert capsys.readouterr().err == "[deploy] lock: released\n"
+    third = RemoteLock(LocalRemote(local_settings(tmp_path)))
+    third.acquire()
+    third.release()
+
+
+def test_env_phase_sends_then_finds_it_up_to_date(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = local_settings(tmp_path)
+    assert upload_env(LocalRemote(settings, dry_run=True)).changed
+    assert "it differs from the instance's copy" in capsys.readouterr().out
+    assert not Path(settings.remote_dir).exists()
+    assert upload_env(LocalRemote(settings)).changed
+    assert not upload_env(LocalRemote(settings)).changed
+    assert "env: " in capsys.readouterr().err
+    assert (Path(settings.remote_dir) / ".env").read_bytes() == settings.env_file.read_bytes()
+
+
+@pytest.mark.skipif(not (PROJECT_ROOT / ".venv" / "bin" / "python").exists(), reason="no .venv")
+def test_preflight_phase_checks_the_runtime(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preflight(LocalRemote(local_settings(tmp_path)))  # .venv has python, maybe supervisord
+    err = capsys.readouterr().err
+    assert err.endswith("rsync and flock on the instance)\n") or "the instance lacks" in err
+    with pytest.raises(DeployError, match="the instance lacks .*no-venv/bin/python"):
+        preflight(LocalRemote(local_settings(tmp_path, INSTANCE_VENV=str(tmp_path / "no-venv"))))
+
+
+@pytest.mark.skipif(not (PROJECT_ROOT / ".venv" / "bin" / "python").exists(), reason="no .venv")
+def test_converge_phase_plans_a_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    remote = LocalRemote(local_settings(tmp_path), dry_run=True)
+    assert converge(remote, ["app/main.py"]) == "would start the stack (scripts/start_services.sh)"
+    captured = capsys.readouterr()
+    assert "[deploy] start: would start the stack" in captured.err
+    assert "would run on root@ssh4.vast.ai:34567: converge, then wait up to 300s" in captured.out
+
+
+def test_converge_phase_reports_the_instances_reason(tmp_path: Path) -> None:
+    class Failing(LocalRemote):
+        def script(self, body: str) -> str:
+            return "echo 'plan: start'; echo 'unhealthy: fastapi failed to start (FATAL)'; exit 1"
+
+    with pytest.raises(DeployError, match=r"are not healthy \(fastapi failed to start \(FATAL\)\)"):
+        converge(Failing(local_settings(tmp_path)), [])
+
+
+def test_status_command_on_an_empty_instance(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path)
+    ctx = Context(False, settings.env_file, True, _settings=settings)
+    ctx._remote = LocalRemote(settings)
+    with pytest.raises(DeployError, match="nothing is deployed in .* run ./deploy_vast.sh first"):
+        status(ctx, argparse.Namespace())
