@@ -30,6 +30,9 @@ RUN if ! cmp -s requirements.instance.txt "${INSTANCE_VENV}/requirements.instanc
 # Least to most often changed, so an edit to app/ reuses every layer above it.
 COPY supervisord.conf ./
 COPY scripts/ scripts/
+# The instance side of the deploy (the launcher checks ports with deploy.instance.ports).
+COPY deploy/__init__.py deploy/
+COPY deploy/instance/ deploy/instance/
 COPY kernel/ kernel/
 COPY workers/ workers/
 COPY app/ app/

@@ -49,12 +49,7 @@ def default_url(settings: Settings | None) -> str:
         return "http://127.0.0.1:8000"
     if settings.VAST_HOST:
         return f"http://127.0.0.1:{settings.TUNNEL_API_PORT}"
-    host = settings.API_HOST
-    if host in ("0.0.0.0", "", "::"):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.API_PORT}"
+    return settings.api_url
 
 
 @dataclass

@@ -17,16 +17,19 @@ import re
 import shlex
 import socket
 import sys
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ENV_FILE = PROJECT_ROOT / ".env"
 TINY_MODEL_PATH = Path("models/tiny-llama.gguf")
+# The mode `make up` (scripts/up.sh) runs when DEPLOY_MODE is not in the environment.
+LOCAL_RUN_MODE = "local"
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 DeployMode = Literal["hybrid", "standalone", "local"]
@@ -67,7 +70,7 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    # Deploy (read by deploy_vast.sh too)
+    # Deploy (the deploy package reads these through load_from_file)
     DEPLOY_MODE: DeployMode = "hybrid"
     VAST_HOST: str = ""
     VAST_PORT: Port | None = None
@@ -220,6 +223,20 @@ class Settings(BaseSettings):
         return self.BOX_NAME or socket.gethostname()
 
     @property
+    def api_url(self) -> str:
+        """The API as a client on this host reaches it: a wildcard bind means loopback.
+
+        The one place the CLI, the dashboard and the deploy's health gate find the API."""
+        host = self.API_HOST
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.API_PORT}"
+
+    @property
     def runs_temporal(self) -> bool:
         return self.DEPLOY_MODE in ("standalone", "local")
 
@@ -326,6 +343,41 @@ class Settings(BaseSettings):
         return env
 
 
+class _FileSettings(Settings):
+    """Settings from the init arguments and the env file only: the process environment is
+    not read (see load_from_file)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, dotenv_settings)
+
+
+def load_from_file(env_file: str | os.PathLike[str], environment: Iterable[str] = ()) -> Settings:
+    """The settings of one env file, where only the variables named in `environment` may
+    come from the process environment (which then wins, empty counting as unset).
+
+    For the deploy: the file describes another machine (the instance), so this shell's
+    INSTANCE_VENV or API_KEY must not leak into it. Raises pydantic's ValidationError, so the
+    caller can word each problem for its own users (`describe_error` words it as start-up
+    does)."""
+    overrides: dict[str, Any] = {
+        name: os.environ[name] for name in environment if os.environ.get(name)
+    }
+    return _FileSettings(_env_file=str(env_file), **overrides)
+
+
+def describe_error(error: Mapping[str, Any]) -> str:
+    """One validation error as `NAME: what is wrong[, got VALUE]`; never a secret's value."""
+    return _describe(dict(error))
+
+
 def _describe(error: dict[str, Any]) -> str:
     loc = error.get("loc") or ()
     name = str(loc[0]) if loc else "settings"
@@ -382,24 +434,47 @@ def _load_lenient(env_file: str | None) -> tuple[Settings, list[str]]:
     raise SettingsError("settings: could not fall back to the defaults")
 
 
-def _summary(settings: Settings, path: str) -> str:
-    key = "set" if settings.API_KEY is not None else "none (loopback only)"
+def local_run_settings(settings: Settings, env_file: str) -> Settings:
+    """The settings `make up` starts with: scripts/up.sh runs LOCAL_RUN_MODE unless
+    DEPLOY_MODE is set in the environment, because the DEPLOY_MODE in `.env` is the
+    instance's (the deploy's). `settings` are those loaded from the same file."""
+    if os.environ.get("DEPLOY_MODE") or settings.DEPLOY_MODE == LOCAL_RUN_MODE:
+        return settings
+    return Settings(_env_file=env_file, DEPLOY_MODE=LOCAL_RUN_MODE)
+
+
+def mode_line(settings: Settings) -> str:
+    """`MODE (starts PROGRAMS; workers on demand)`: what this mode runs."""
     programs = [name for name, on in settings.autostart_programs.items() if on]
-    return "\n".join(
-        [
-            f"settings ok: {path}"
-            + ("" if Path(path).is_file() else " (no such file: the environment and the defaults)"),
-            f"  mode       {settings.DEPLOY_MODE} (starts {', '.join(programs)}; "
-            "workers on demand)",
-            f"  API        http://{settings.API_HOST}:{settings.API_PORT}  API_KEY {key}",
-            f"  Temporal   {settings.TEMPORAL_ADDRESS}  namespace {settings.TEMPORAL_NAMESPACE}"
-            f"  queues {settings.CPU_TASK_QUEUE}, {settings.GPU_TASK_QUEUE}",
-            f"  S3         {settings.MINIO_ENDPOINT}  bucket {settings.MINIO_BUCKET}",
-            f"  llama      {settings.LLAMA_URL}  model {settings.LLAMA_MODEL or '(none)'}"
-            f"  slots {settings.LLAMA_PARALLEL}",
-            f"  data       {settings.data_dir}",
-        ]
-    )
+    return f"{settings.DEPLOY_MODE} (starts {', '.join(programs)}; workers on demand)"
+
+
+def _summary(settings: Settings, path: str) -> str:
+    """The summary of `python -m kernel.config`: the mode and model `make up` runs with,
+    and the instance's mode when the file names another one (`./deploy_vast.sh check`
+    prints the deploy's whole view)."""
+    local = local_run_settings(settings, path)
+    key = "set" if local.API_KEY is not None else "none (loopback only)"
+    lines = [
+        f"settings ok: {path}"
+        + ("" if Path(path).is_file() else " (no such file: the environment and the defaults)"),
+        f"  mode       {mode_line(local)}" + ("" if local is settings else " for make up"),
+    ]
+    if local is not settings:
+        lines.append(
+            f"  deploy     {settings.DEPLOY_MODE} on the instance (DEPLOY_MODE in the file), "
+            f"model {settings.LLAMA_MODEL or '(none)'}: ./deploy_vast.sh check"
+        )
+    lines += [
+        f"  API        http://{local.API_HOST}:{local.API_PORT}  API_KEY {key}",
+        f"  Temporal   {local.TEMPORAL_ADDRESS}  namespace {local.TEMPORAL_NAMESPACE}"
+        f"  queues {local.CPU_TASK_QUEUE}, {local.GPU_TASK_QUEUE}",
+        f"  S3         {local.MINIO_ENDPOINT}  bucket {local.MINIO_BUCKET}",
+        f"  llama      {local.LLAMA_URL}  model {local.LLAMA_MODEL or '(none)'}"
+        f"  slots {local.LLAMA_PARALLEL}",
+        f"  data       {local.data_dir}",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

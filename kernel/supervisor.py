@@ -94,7 +94,7 @@ class SupervisorControl:
         logger.info("started %s on demand", program)
         return StartResult(program, "started")
 
-    # Blocking calls, for scripts that run outside an event loop (scripts/instance/). They
+    # Blocking calls, for scripts that run outside an event loop (deploy/instance/). They
     # raise SupervisorUnavailable, or xmlrpc.client.Fault with supervisord's reason.
 
     def programs_sync(self) -> dict[str, ProgramInfo]:

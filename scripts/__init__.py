@@ -1,1 +1,1 @@
-"""Project scripts; `scripts.instance` holds the Python a deploy runs on the instance."""
+"""Project scripts (the deploy's instance-side Python lives in `deploy.instance`)."""

@@ -57,10 +57,10 @@ changed_settings() {
 
 # Dies with one line when a port the programs will bind is taken (say by a stack started
 # with another DATA_DIR, whose supervisord this one cannot see): otherwise those programs
-# would go FATAL one by one. Names the holder and how to stop it (scripts/instance/ports.py).
+# would go FATAL one by one. Names the holder and how to stop it (deploy/instance/ports.py).
 check_ports_free() {
   local problem
-  problem="$(cd "$PROJECT_ROOT" && "$PYTHON" -m scripts.instance.ports)" \
+  problem="$(cd "$PROJECT_ROOT" && "$PYTHON" -m deploy.instance.ports)" \
     || die "${problem:-the port check failed (see above)}"
 }
 

@@ -70,18 +70,6 @@ BASIC_REALM = 'Basic realm="LLM Batch dashboard", charset="UTF-8"'
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
-def api_base_url(settings: Settings) -> str:
-    """Where the API listens, as seen from this host (a wildcard bind means loopback)."""
-    host = settings.API_HOST
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.API_PORT}"
-
-
 def key_matches(authorization: str | None, key: str) -> bool:
     """True when the header carries the key as a bearer token or as a Basic password."""
     if not authorization:
@@ -115,7 +103,7 @@ class ApiProxy:
     """Read-only GETs to the API with a short timeout; every failure in the error shape."""
 
     def __init__(self, settings: Settings) -> None:
-        self.base_url = api_base_url(settings)
+        self.base_url = settings.api_url
         headers = {"Accept": "application/json"}
         if settings.API_KEY is not None:
             headers["Authorization"] = f"Bearer {settings.API_KEY.get_secret_value()}"

@@ -325,7 +325,7 @@ def test_secrets_and_data_dir_are_never_synced(deployer: Deployer, tmp_path: Pat
     boots."""
     source = deployer.source
     key = source / "keys" / "vast_key"
-    env_file = source / "deploy" / "prod settings.env"
+    env_file = source / "private" / "prod settings.env"
     planted = [source / "certs" / "server.pem", source / "id_ed25519", source / "app" / "tls.key"]
     for path in [key, env_file, *planted]:
         path.parent.mkdir(exist_ok=True)
@@ -353,7 +353,7 @@ def test_secrets_and_data_dir_are_never_synced(deployer: Deployer, tmp_path: Pat
     finally:
         for path in [key, env_file, *planted]:
             path.unlink()
-        for folder in ("keys", "deploy", "certs"):
+        for folder in ("keys", "private", "certs"):
             (source / folder).rmdir()
     assert len(result.errors) == 1, result.output
     assert "(API_PORT) is already taken on the instance" in result.errors[0]
@@ -361,7 +361,7 @@ def test_secrets_and_data_dir_are_never_synced(deployer: Deployer, tmp_path: Pat
     assert kept.read_text() == "the instance's data\n", "DATA_DIR was deleted by the sync"
     for relative in (
         "keys/vast_key",
-        "deploy/prod settings.env",
+        "private/prod settings.env",
         "certs/server.pem",
         "id_ed25519",
         "app/tls.key",

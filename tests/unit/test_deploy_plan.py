@@ -1,4 +1,4 @@
-"""The deploy's restart planner and manifest (scripts/instance/): no sshd, no supervisord."""
+"""The deploy's restart planner and manifest (deploy/instance/): no sshd, no supervisord."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts.instance import manifest
-from scripts.instance.plan import Plan, plan_actions, programs_for_path
-from scripts.instance.requirements import differences, pins
+from deploy.instance import manifest
+from deploy.instance.plan import Plan, plan_actions, programs_for_path
+from deploy.instance.requirements import differences, pins
 
 EVERY_PYTHON_PROGRAM = {"fastapi", "web", "worker-cpu", "worker-gpu"}
 SERVERS = {"temporal", "minio", "llama"}
@@ -44,7 +44,7 @@ SERVERS = {"temporal", "minio", "llama"}
         ("README.md", set()),
         ("docs/images.md", set()),
         ("tests/unit/test_config.py", set()),
-        ("scripts/instance/converge.py", set()),
+        ("deploy/instance/converge.py", set()),
         ("scripts/start_services.sh", set()),
         ("kernelish/x.py", set()),
         ("application/x.py", set()),

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from deploy import fleet as fleet_module
 from kernel.boxes import BoxRecord, shards_for
 from kernel.keys import box_key
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 def fleet_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fleet_script", REPO_ROOT / "scripts/fleet.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fleet_script"] = module
-    spec.loader.exec_module(module)
-    return module
+    return fleet_module
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""scripts/instance/ports.py: which ports a stack binds, and who holds a taken one."""
+"""deploy/instance/ports.py: which ports a stack binds, and who holds a taken one."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy.instance import ports
 from kernel.config import Settings, load_settings
-from scripts.instance import ports
 
 
 def load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **values: str) -> Settings:

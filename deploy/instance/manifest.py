@@ -2,11 +2,11 @@
 
 A deploy records them in `.deploy/manifest.json` once the instance runs the synced code, so a
 deploy interrupted after the sync is finished by the next one. Standard library only (see
-`scripts/instance/__init__.py`).
+`deploy/instance/__init__.py`).
 
-    python -m scripts.instance.manifest MANIFEST           prints the paths changed since
+    python -m deploy.instance.manifest MANIFEST           prints the paths changed since
                                                            MANIFEST ("@unknown" without one)
-    python -m scripts.instance.manifest MANIFEST --save    records the current fingerprints
+    python -m deploy.instance.manifest MANIFEST --save    records the current fingerprints
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-#!/usr/bin/env python3
-"""Deploys to, watches and stops several instances at once (a fleet); standard library only.
+"""Deploys to, watches and stops several instances at once (a fleet).
 
     ./deploy_vast.sh fleet deploy|status|logs|stop|tunnel FLEETFILE [ARGS]
 
@@ -17,7 +16,8 @@ parallel; the fleet adds:
 - one summary table per command, and each member's full output in .deploy/fleet/NAME.*.log.
 
 Settings such as VAST_HOST exported in this shell would override every member's env file:
-the fleet removes them from the environment of the deploys, so each env file decides.
+the fleet removes them from the environment of the deploys, so each env file decides. A
+member's env file is read by `kernel.config` (file only), like every other settings file.
 """
 
 from __future__ import annotations
@@ -35,35 +35,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEPLOY = PROJECT_ROOT / "deploy_vast.sh"
+from pydantic import ValidationError
+
+from deploy.settings import DEPLOY_KEYS
+from kernel.config import PROJECT_ROOT, describe_error, load_from_file
+
 WORK_DIR = PROJECT_ROOT / ".deploy" / "fleet"
 PROGRAM = "./deploy_vast.sh fleet"
 
-# Per-instance settings deploy_vast.sh lets the environment override: never inherited here.
-MEMBER_KEYS = (
-    "VAST_HOST",
-    "VAST_PORT",
-    "VAST_SSH_KEY",
-    "VAST_USER",
-    "VAST_IMAGE",
-    "REMOTE_DIR",
-    "DEPLOY_LOCK_TIMEOUT",
-    "DEPLOY_SSH_TIMEOUT",
-    "HEALTH_TIMEOUT",
-    "TUNNEL_API_PORT",
-    "TUNNEL_WEB_PORT",
-    "TUNNEL_S3_CONSOLE_PORT",
-    "TUNNEL_TEMPORAL_TARGET",
-    "TUNNEL_S3_TARGET",
-)
+# Per-instance settings the deploy lets the environment override: never inherited here.
+MEMBER_KEYS = DEPLOY_KEYS
 TUNNEL_PORT_BASES = {
     "TUNNEL_API_PORT": 8100,
     "TUNNEL_WEB_PORT": 3100,
     "TUNNEL_S3_CONSOLE_PORT": 9101,
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 
 
 class FleetError(Exception):
@@ -71,20 +58,18 @@ class FleetError(Exception):
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines (quotes removed; nothing executed), as deploy_vast.sh reads them."""
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
+    """The settings a member's env file sets (not the defaults), as strings; read by
+    kernel.config from the file alone."""
+    try:
+        settings = load_from_file(path)
+    except ValidationError as exc:
+        raise FleetError(f"{path}: invalid setting {describe_error(exc.errors()[0])}") from None
+    values = {}
+    for name in settings.model_fields_set:
+        value = getattr(settings, name)
+        if value is None or hasattr(value, "get_secret_value"):
             continue
-        match = _LINE.match(line)
-        if match is None:
-            continue
-        value = match[2]
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[match[1]] = value
+        values[name] = str(value)
     return values
 
 
@@ -214,7 +199,7 @@ def run_member(
 ) -> Outcome:
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     log = WORK_DIR / f"{member.name}.{what}.log"
-    command = [str(DEPLOY), *(["--dry-run"] if dry_run else []), "--env-file"]
+    command = [sys.executable, "-m", "deploy", *(["--dry-run"] if dry_run else []), "--env-file"]
     command += [str(member.deploy_env_file()), *args]
     started = time.monotonic()
     lines: list[str] = []
@@ -247,7 +232,7 @@ def in_parallel(members: list[Member], job: Callable[[Member], Outcome]) -> list
         return list(pool.map(job, members))
 
 
-def table(headers: Sequence[str], rows: list[Sequence[str]]) -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [
         max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
     ]

@@ -1,9 +1,9 @@
 """The API's /health as seen on the instance, and what supervisord says about each program.
 
-    python -m scripts.instance.health gate SECONDS   waits until /health reports ok; stops early
+    python -m deploy.instance.health gate SECONDS   waits until /health reports ok; stops early
                                                      when an autostart program turns FATAL or
                                                      keeps exiting; then prints the log tails
-    python -m scripts.instance.health status         supervisord's programs and /health once
+    python -m deploy.instance.health status         supervisord's programs and /health once
 
 Exit status 0 when healthy, 1 otherwise. Lines starting "unhealthy: " tell the deploy why.
 """
@@ -29,12 +29,7 @@ LOG_TAIL_LINES = 30
 
 
 def health_url(settings: Settings) -> str:
-    host = settings.API_HOST
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.API_PORT}/health"
+    return f"{settings.api_url}/health"
 
 
 def api_key(settings: Settings) -> str | None:

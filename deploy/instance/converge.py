@@ -1,11 +1,11 @@
 """Brings the instance to the synced code, then waits for /health (run by each deploy).
 
 Starts the stack when supervisord is not running; otherwise restarts what changed since the
-last successful deploy (`scripts.instance.manifest`, planned by `scripts.instance.plan`) and
+last successful deploy (`deploy.instance.manifest`, planned by `deploy.instance.plan`) and
 starts the programs the mode starts by itself that are down. The new fingerprints are recorded
 only after that, so an interrupted deploy is finished by the next one.
 
-    cd REMOTE_DIR && "$INSTANCE_VENV/bin/python" -m scripts.instance.converge [--health-timeout S]
+    cd REMOTE_DIR && "$INSTANCE_VENV/bin/python" -m deploy.instance.converge [--health-timeout S]
 
 Prints "plan: ...", one line per action, "done: ..." and the health gate's lines; a line
 "error: ..." is the reason it stopped. Exit status 0 when healthy.
@@ -20,9 +20,9 @@ import sys
 import xmlrpc.client
 from pathlib import Path
 
+from deploy.instance import health, manifest, plan
 from kernel.config import PROJECT_ROOT, Settings, SettingsError, load_settings
 from kernel.supervisor import SupervisorControl, SupervisorUnavailable
-from scripts.instance import health, manifest, plan
 
 MANIFEST = PROJECT_ROOT / ".deploy" / "manifest.json"
 RESTARTABLE_STATES = frozenset({"RUNNING", "STARTING", "BACKOFF"})

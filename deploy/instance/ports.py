@@ -1,7 +1,7 @@
 """Are the ports this stack's programs will bind free? Run by scripts/start_services.sh before it
 starts a new supervisord (and by its --dry-run).
 
-    cd PROJECT_ROOT && "$INSTANCE_VENV/bin/python" -m scripts.instance.ports
+    cd PROJECT_ROOT && "$INSTANCE_VENV/bin/python" -m deploy.instance.ports
 
 Reads the settings as the launcher exported them. Exit status 0 when every port is free;
 otherwise 1 and one line on stdout naming the setting, the port, the process holding it and,

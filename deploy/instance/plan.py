@@ -3,9 +3,9 @@
 The rules follow the package boundaries: a program is restarted when a file it imports or
 runs changed. `kernel/` is imported by every Python program, `app/` only by the API (and the
 dashboard, which is `app.web`, for `app/core/` and the package itself), `workers/` only by
-the two workers. Standard library only (see `scripts/instance/__init__.py`).
+the two workers. Standard library only (see `deploy/instance/__init__.py`).
 
-    python -m scripts.instance.plan STATE [PATH...]   prints the plan (STATE: running | ...)
+    python -m deploy.instance.plan STATE [PATH...]   prints the plan (STATE: running | ...)
 """
 
 from __future__ import annotations

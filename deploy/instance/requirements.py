@@ -3,9 +3,9 @@
 Run by the deploy's preflight before anything is synced. It compares against the copy of
 `requirements.instance.txt` the image recorded in INSTANCE_VENV, else against the installed
 versions. Prints one line per difference; prints nothing when they agree. Standard library
-only (see `scripts/instance/__init__.py`).
+only (see `deploy/instance/__init__.py`).
 
-    python - INSTANCE_VENV PIN... < scripts/instance/requirements.py
+    python - INSTANCE_VENV PIN... < deploy/instance/requirements.py
 """
 
 from __future__ import annotations
