@@ -264,3 +264,62 @@ def check(ctx: Context, args: argparse.Namespace) -> int:
 )
 def fleet_command(ctx: Context, args: argparse.Namespace) -> int:
     return fleet.main([*(["--dry-run"] if ctx.dry_run else []), *args.rest])
+
+
+def _autopilot(name: str, ctx: Context, words: list[str]) -> int:
+    """Renting commands run deploy.autopilot, which takes the global flags as its own."""
+    from deploy import autopilot  # the vastai SDK is imported only by these commands
+
+    takes_env = name in ("up", "watch")
+    flags = ["--env-file", str(ctx.env_file)] if ctx.env_file_given and takes_env else []
+    if ctx.dry_run and name == "up":
+        flags.append("--dry-run")
+    elif ctx.dry_run:
+        raise DeployError(f"{name}: --dry-run is for up (it prints the offers it would take)")
+    return autopilot.main([name, *words, *flags])
+
+
+@command(
+    "up",
+    "rent instances on Vast.ai (cheapest offers that fit), deploy and health-gate\n"
+    "each, record them (docs/autopilot.md)",
+    usage="up --count N --max-price USD [--gpu NAME] [--interruptible [--bid USD]]",
+    settings=False,
+    rest=True,
+)
+def up_command(ctx: Context, args: argparse.Namespace) -> int:
+    return _autopilot("up", ctx, args.rest)
+
+
+@command(
+    "down",
+    "destroy rented instances (never only stop: a stopped one bills its disk);\n"
+    "refuses a standalone box holding the only copy of results unless --force",
+    usage="down NAME...|--all [--force]",
+    settings=False,
+    rest=True,
+)
+def down_command(ctx: Context, args: argparse.Namespace) -> int:
+    return _autopilot("down", ctx, args.rest)
+
+
+@command(
+    "boxes",
+    "the rented instances: offer, price per hour, kind, uptime, spend, state",
+    settings=False,
+    rest=True,
+)
+def boxes_command(ctx: Context, args: argparse.Namespace) -> int:
+    return _autopilot("status", ctx, args.rest)
+
+
+@command(
+    "drain",
+    "follow a batch: replace lost or outbid boxes while it has work, release idle\n"
+    "ones, print the spend",
+    usage="drain --api URL --batch ID [up's flags]",
+    settings=False,
+    rest=True,
+)
+def drain_command(ctx: Context, args: argparse.Namespace) -> int:
+    return _autopilot("watch", ctx, args.rest)

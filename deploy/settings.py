@@ -65,7 +65,7 @@ Settings (.env; the ones marked * may also come from the environment, which wins
   DEPLOY_PYTHON               the Python the launcher runs (default: .venv/bin/python, python3)
 """
 
-PROGRAMS = ("fastapi", "worker-cpu", "worker-gpu", "llama", "web", "temporal", "minio")
+PROGRAMS = ("fastapi", "worker-cpu", "worker-gpu", "autostop", "llama", "web", "temporal", "minio")
 
 REQUIRED = {
     "VAST_HOST": "the SSH host of the instance (Vast console: Connect, e.g. ssh4.vast.ai)",

@@ -19,8 +19,17 @@ RESTART_STACK = "@all"  # every program reads .env at start: stop and start the 
 APPLY_CONF = "@update"  # supervisorctl update (through the launcher)
 
 # Every program, in the order plans name them.
-PROGRAMS = ("fastapi", "web", "worker-cpu", "worker-gpu", "llama", "temporal", "minio")
-PYTHON_PROGRAMS = ("fastapi", "web", "worker-cpu", "worker-gpu")
+PROGRAMS = (
+    "fastapi",
+    "web",
+    "worker-cpu",
+    "worker-gpu",
+    "autostop",
+    "llama",
+    "temporal",
+    "minio",
+)
+PYTHON_PROGRAMS = ("fastapi", "web", "worker-cpu", "worker-gpu", "autostop")
 SERVERS = ("temporal", "minio", "llama")  # started by scripts/run_program.sh
 
 # (path, or folder ending in "/"; what a change there restarts). The first match wins;
@@ -33,6 +42,7 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("app/core/", ("fastapi", "web")),
     ("app/__init__.py", ("fastapi", "web")),
     ("app/", ("fastapi",)),
+    ("workers/autostop.py", ("autostop",)),
     ("workers/", ("worker-cpu", "worker-gpu")),
     ("scripts/run_program.sh", SERVERS),
     ("scripts/lib/", SERVERS),

@@ -246,3 +246,21 @@ def test_settings_summary_says_what_make_up_and_the_deploy_run(
     assert "  mode       local (starts fastapi, llama, web, temporal, minio;" in out
     assert "model models/tiny-llama.gguf" in out
     assert "  deploy     hybrid on the instance (DEPLOY_MODE in the file), model (none)" in out
+
+
+def test_renting_commands_run_the_autopilot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`up`, `down`, `boxes` and `drain` are deploy_vast.sh commands: each reaches the
+    autopilot, which says in one line what is missing (here the Vast API key)."""
+    monkeypatch.delenv("VAST_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--dry-run", "up", "--count", "1", "--max-price", "0.1"]) == 1
+    assert main(["down", "--all"]) == 1
+    assert main(["--dry-run", "down", "--all"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("[autopilot] error: no Vast.ai API key")
+    assert err[1].startswith("[autopilot] error: no Vast.ai API key")
+    assert err[2] == "[deploy] error: down: --dry-run is for up (it prints the offers it would take)"

@@ -10,7 +10,7 @@ from deploy.instance import manifest
 from deploy.instance.plan import Plan, plan_actions, programs_for_path
 from deploy.instance.requirements import differences, pins
 
-EVERY_PYTHON_PROGRAM = {"fastapi", "web", "worker-cpu", "worker-gpu"}
+EVERY_PYTHON_PROGRAM = {"fastapi", "web", "worker-cpu", "worker-gpu", "autostop"}
 SERVERS = {"temporal", "minio", "llama"}
 
 
