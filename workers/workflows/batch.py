@@ -56,8 +56,10 @@ IO_TIMEOUT = timedelta(hours=2)
 IO_HEARTBEAT = timedelta(seconds=60)
 SHARD_TIMEOUT = timedelta(hours=2)
 SHARD_HEARTBEAT = timedelta(seconds=15)
-# Batches cancelled by earlier code published `cancelling` only after their running shards
-# had stopped, and did not count what those shards had answered.
+# Patched in round2 (batches cancelled by round1 published `cancelling` only after their
+# running shards had stopped, and did not count what those shards had answered); deprecated in
+# round3, when round1 is retired: the call goes once no round2 batch can still run
+# (docs/workflow-versioning.md).
 CANCEL_PUBLISHES_FIRST = "cancel-publishes-first"
 
 
@@ -303,16 +305,14 @@ class BatchWorkflow:
         then cancels the running shards and waits for them: each keeps the lines it
         answered as its result (see run_shard) and completes, so its counts join the
         batch's."""
-        keeps_answers = workflow.patched(CANCEL_PUBLISHES_FIRST)
-        if keeps_answers and announce:
+        workflow.deprecate_patch(CANCEL_PUBLISHES_FIRST)
+        if announce:
             self._publish_cancelling()
         for task in in_flight:
             task.cancel()
         if not in_flight:
             return
         await workflow.wait(list(in_flight))
-        if not keeps_answers:
-            return
         for task in in_flight:
             if not task.cancelled() and task.exception() is None:
                 progress.add(task.result())

@@ -25,8 +25,9 @@ REQUEST_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=10,
 )
-# Requests started by earlier code ran on the CPU queue and sent the request to the GPU
-# queue as a normal activity; they finish that way after a deploy.
+# Patched in round2 (requests started by round1 ran on the CPU queue and sent the request to
+# the GPU queue as a normal activity); deprecated in round3, when round1 is retired: the call
+# goes once no round2 request can still run (docs/workflow-versioning.md).
 LOCAL_REQUEST = "request-as-local-activity"
 
 
@@ -36,14 +37,7 @@ LOCAL_REQUEST = "request-as-local-activity"
 class ProcessWorkflow:
     @workflow.run
     async def run(self, params: ProcessInput) -> ProcessResult:
-        if not workflow.patched(LOCAL_REQUEST):
-            return await workflow.execute_activity_method(
-                InferenceActivities.process_request,
-                params,
-                task_queue=params.gpu_task_queue,
-                start_to_close_timeout=REQUEST_TIMEOUT,
-                retry_policy=REQUEST_RETRY,
-            )
+        workflow.deprecate_patch(LOCAL_REQUEST)
         return await workflow.execute_local_activity_method(
             InferenceActivities.process_request,
             params,
