@@ -11,4 +11,4 @@ from pathlib import Path
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 # The release the code in this tree becomes: `make record-histories` records into its folder.
-CURRENT_RELEASE = "round3"
+CURRENT_RELEASE = "round4"

@@ -56,11 +56,6 @@ IO_TIMEOUT = timedelta(hours=2)
 IO_HEARTBEAT = timedelta(seconds=60)
 SHARD_TIMEOUT = timedelta(hours=2)
 SHARD_HEARTBEAT = timedelta(seconds=15)
-# Patched in round2 (batches cancelled by round1 published `cancelling` only after their
-# running shards had stopped, and did not count what those shards had answered); deprecated in
-# round3, when round1 is retired: the call goes once no round2 batch can still run
-# (docs/workflow-versioning.md).
-CANCEL_PUBLISHES_FIRST = "cancel-publishes-first"
 
 
 class BudgetReached(Exception):
@@ -305,7 +300,6 @@ class BatchWorkflow:
         then cancels the running shards and waits for them: each keeps the lines it
         answered as its result (see run_shard) and completes, so its counts join the
         batch's."""
-        workflow.deprecate_patch(CANCEL_PUBLISHES_FIRST)
         if announce:
             self._publish_cancelling()
         for task in in_flight:

@@ -25,10 +25,6 @@ REQUEST_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=10,
 )
-# Patched in round2 (requests started by round1 ran on the CPU queue and sent the request to
-# the GPU queue as a normal activity); deprecated in round3, when round1 is retired: the call
-# goes once no round2 request can still run (docs/workflow-versioning.md).
-LOCAL_REQUEST = "request-as-local-activity"
 
 
 # Not sandboxed: the workflow only calls one local activity, and the sandbox's per-run set-up
@@ -37,7 +33,6 @@ LOCAL_REQUEST = "request-as-local-activity"
 class ProcessWorkflow:
     @workflow.run
     async def run(self, params: ProcessInput) -> ProcessResult:
-        workflow.deprecate_patch(LOCAL_REQUEST)
         return await workflow.execute_local_activity_method(
             InferenceActivities.process_request,
             params,
