@@ -25,15 +25,13 @@ from workers.workflows.batch import BatchWorkflow
 from workers.workflows.process import ProcessWorkflow
 
 # Shard activities one GPU worker runs at once (BATCH_WINDOW's default): the requests of the
-# next shard take over the slots of one that is finishing. Single /process requests have a
-# worker of their own on the urgent queue, where shards never go, so a GPU worker full of
-# shards still takes them.
+# next shard take over the slots of one that is finishing. They are all the GPU queue's
+# activity slots, and the room the box reports (`shard_room`): every spare slot there would be
+# a shard this box takes from a box with free llama-server slots. Single /process requests
+# have a worker of their own on the urgent queue, where shards never go, so a GPU worker full
+# of shards still takes them.
 GPU_CONCURRENT_SHARDS = 4
 PROCESS_REQUESTS_ROOM = 16
-# Requests started by earlier code run as an activity on the GPU queue itself: a little room
-# for them there, and no more, since every spare slot on that queue is a shard this box could
-# take from a box with free llama-server slots.
-EARLIER_REQUESTS_ROOM = 2
 CPU_CONCURRENT_ACTIVITIES = 8
 # The SDK's default for the kinds of slot the GPU queue's worker does not gate.
 DEFAULT_SLOTS = 100
@@ -86,8 +84,7 @@ def build_registry(queue: str, settings: Settings) -> Registry:
         ensure_bucket(s3, settings.MINIO_BUCKET)
         io = BatchIOActivities(s3)
         return Registry(
-            # ProcessWorkflow only for requests started before it moved to the GPU worker.
-            workflows=[BatchWorkflow, ProcessWorkflow],
+            workflows=[BatchWorkflow],
             activities=[io.split_input, io.merge_results, CapacityActivities(s3).live_capacity],
             max_concurrent_activities=CPU_CONCURRENT_ACTIVITIES,
             activity_executor=ThreadPoolExecutor(
@@ -102,11 +99,12 @@ def build_registry(queue: str, settings: Settings) -> Registry:
         health=health,
     )
     inference = InferenceActivities(s3, llama, settings.box_name, health)
+    shard_slots = ShardSlots(GPU_CONCURRENT_SHARDS, health)
     return Registry(
-        activities=[inference.run_shard, inference.process_request],
+        activities=[inference.run_shard],
         tuner=WorkerTuner.create_composite(
             workflow_supplier=FixedSizeSlotSupplier(DEFAULT_SLOTS),
-            activity_supplier=ShardSlots(GPU_CONCURRENT_SHARDS + EARLIER_REQUESTS_ROOM, health),
+            activity_supplier=shard_slots,
             local_activity_supplier=FixedSizeSlotSupplier(DEFAULT_SLOTS),
             nexus_supplier=FixedSizeSlotSupplier(DEFAULT_SLOTS),
         ),
@@ -121,7 +119,7 @@ def build_registry(queue: str, settings: Settings) -> Registry:
             settings.box_name,
             settings.GPU_TASK_QUEUE,
             llama,
-            shard_room=GPU_CONCURRENT_SHARDS,
+            shard_room=shard_slots.size,
             price_per_hour=settings.BOX_PRICE_PER_HOUR,
         ),
         llama_watch=BoxWatch(

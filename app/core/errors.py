@@ -46,11 +46,6 @@ class Conflict(AppError):
     error_type = "conflict_error"
 
 
-class PayloadTooLarge(AppError):
-    status_code = 413
-    error_type = "payload_too_large"
-
-
 class Unauthorized(AppError):
     status_code = 401
     error_type = "authentication_error"

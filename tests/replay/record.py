@@ -6,9 +6,10 @@ Runs every workflow of the project through its paths (a batch that completes, on
 continues as new, one without a valid line, one cancelled, one expired, one stopped by its
 budget, one following the fleet's capacity, a single /process request) on a
 private Temporal dev server, with the real workflow code and the activities replaced under
-their real names, then writes each history as JSON to tests/replay/histories/. Re-record
-after a deliberate workflow change that is guarded by `workflow.patched` (keep the old
-files too: they are what running batches look like) or before a release.
+their real names, then writes each history as JSON to tests/replay/histories/<release>/
+(CURRENT_RELEASE in tests/replay/__init__.py). Re-record after a workflow change; the folders
+of earlier releases stay as they are: they are what running batches look like (see
+docs/workflow-versioning.md).
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ from temporalio.worker import Worker
 from harness.batch_doubles import ReportingBatchDoubles as Activities
 from harness.batch_doubles import start_dev_server
 from kernel.inputs import BatchInput, ProcessInput
+from tests.replay import CURRENT_RELEASE, HISTORIES
 from workers.workflows.batch import BatchWorkflow
 from workers.workflows.process import ProcessWorkflow
-
-HISTORIES = Path(__file__).resolve().parent / "histories"
 
 
 async def _batch(
@@ -91,15 +91,24 @@ async def _process(client: Client) -> str:
     return process_id
 
 
+# Fields replay never reads that name the recording machine: failure stack traces (its
+# paths) and worker identities (pid@hostname); sticky task queues, named after the worker,
+# take their normal queue's name.
+SCRUBBED_FIELDS = ("stackTrace", "identity")
+STICKY = "TASK_QUEUE_KIND_STICKY"
+
+
 def scrubbed(history_json: str) -> str:
-    """The history without failure stack traces: they name this machine's paths, and
-    replay never reads them."""
+    """The history without what names this machine (SCRUBBED_FIELDS)."""
     history = json.loads(history_json)
 
     def scrub(node: object) -> None:
         if isinstance(node, dict):
-            if isinstance(node.get("stackTrace"), str):
-                node["stackTrace"] = ""
+            for name in SCRUBBED_FIELDS:
+                if isinstance(node.get(name), str):
+                    node[name] = ""
+            if node.get("kind") == STICKY and "normalName" in node:
+                node["name"] = node["normalName"]
             for value in node.values():
                 scrub(value)
         elif isinstance(node, list):
@@ -170,11 +179,16 @@ async def record(out: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HISTORIES, help="folder for the JSON files")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=HISTORIES / CURRENT_RELEASE,
+        help="folder for the JSON files (default: the current release's)",
+    )
     parser.add_argument(
         "--scrub-only",
         action="store_true",
-        help="only remove stack traces from the histories already in --out",
+        help="only scrub the histories already in --out (no recording)",
     )
     args = parser.parse_args(argv)
     if args.scrub_only:

@@ -58,9 +58,6 @@ IO_TIMEOUT = timedelta(hours=2)
 IO_HEARTBEAT = timedelta(seconds=60)
 SHARD_TIMEOUT = timedelta(hours=2)
 SHARD_HEARTBEAT = timedelta(seconds=15)
-# Batches cancelled by earlier code published `cancelling` only after their running shards
-# had stopped, and did not count what those shards had answered.
-CANCEL_PUBLISHES_FIRST = "cancel-publishes-first"
 
 
 class BudgetReached(Exception):
@@ -308,16 +305,13 @@ class BatchWorkflow:
         then cancels the running shards and waits for them: each keeps the lines it
         answered as its result (see run_shard) and completes, so its counts join the
         batch's."""
-        keeps_answers = workflow.patched(CANCEL_PUBLISHES_FIRST)
-        if keeps_answers and announce:
+        if announce:
             self._publish_cancelling()
         for task in in_flight:
             task.cancel()
         if not in_flight:
             return
         await workflow.wait(list(in_flight))
-        if not keeps_answers:
-            return
         for task in in_flight:
             if not task.cancelled() and task.exception() is None:
                 progress.add(task.result())

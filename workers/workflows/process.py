@@ -25,9 +25,6 @@ REQUEST_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=10,
 )
-# Requests started by earlier code ran on the CPU queue and sent the request to the GPU
-# queue as a normal activity; they finish that way after a deploy.
-LOCAL_REQUEST = "request-as-local-activity"
 
 
 # Not sandboxed: the workflow only calls one local activity, and the sandbox's per-run set-up
@@ -36,14 +33,6 @@ LOCAL_REQUEST = "request-as-local-activity"
 class ProcessWorkflow:
     @workflow.run
     async def run(self, params: ProcessInput) -> ProcessResult:
-        if not workflow.patched(LOCAL_REQUEST):
-            return await workflow.execute_activity_method(
-                InferenceActivities.process_request,
-                params,
-                task_queue=params.gpu_task_queue,
-                start_to_close_timeout=REQUEST_TIMEOUT,
-                retry_policy=REQUEST_RETRY,
-            )
         return await workflow.execute_local_activity_method(
             InferenceActivities.process_request,
             params,
