@@ -263,4 +263,6 @@ def test_renting_commands_run_the_autopilot(
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("[autopilot] error: no Vast.ai API key")
     assert err[1].startswith("[autopilot] error: no Vast.ai API key")
-    assert err[2] == "[deploy] error: down: --dry-run is for up (it prints the offers it would take)"
+    assert err[2] == (
+        "[deploy] error: down: --dry-run is for up (it prints the offers it would take)"
+    )
