@@ -23,7 +23,7 @@ from minio import Minio
 
 from kernel.supervisor import SupervisorControl
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
