@@ -7,20 +7,26 @@ never a crash: the worker exits 0 whenever the signal comes.
 
 from __future__ import annotations
 
-from workers.stop import StopSignals
+import sys
+
+from workers.stop import StopBeforeStart, StopSignals
 
 
 def main(argv: list[str] | None = None) -> int:
     stop = StopSignals.install()
-    import argparse
+    try:
+        import argparse
 
-    parser = argparse.ArgumentParser(description="Run a Temporal worker for one task queue.")
-    parser.add_argument("--queue", choices=("cpu", "gpu"), required=True)
-    args = parser.parse_args(argv)
-    # Imported only now, with the signals caught: it loads the Temporal SDK.
-    from workers.runner import run_worker
+        parser = argparse.ArgumentParser(description="Run a Temporal worker for one task queue.")
+        parser.add_argument("--queue", choices=("cpu", "gpu"), required=True)
+        args = parser.parse_args(argv)
+        # Imported only now, with the signals caught: it loads the Temporal SDK.
+        from workers.runner import run_worker
 
-    return run_worker(args.queue, stop)
+        return run_worker(args.queue, stop)
+    except StopBeforeStart as signal_name:
+        print(f"{signal_name} while starting: exiting before connecting", file=sys.stderr)
+        return 0
 
 
 if __name__ == "__main__":

@@ -221,6 +221,7 @@ def run_worker(queue: str, stop: StopSignals) -> int:
     runs natively (workers, client, runtime and their threads) is gone when this returns."""
     settings = load_settings_or_exit()
     configure_logging(settings.LOG_LEVEL)
+    stop.started()
     if stop.arrived():
         logger.info("stop requested while starting; exiting")
         return 0

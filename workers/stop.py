@@ -22,9 +22,17 @@ from types import FrameType
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+class StopBeforeStart(BaseException):
+    """Raised by the handler while the worker is still starting: nothing has started that
+    needs shutting down, so importing and reading settings are abandoned at once. A
+    BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it."""
+
+
 class StopSignals:
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
+        # Until started(): a stop abandons start-up (imports, settings) at once.
+        self._starting = True
         self._reader, self._writer = os.pipe()
         os.set_blocking(self._reader, False)
         os.set_blocking(self._writer, False)
@@ -38,11 +46,19 @@ class StopSignals:
             signal.signal(sig, stop._on_signal)
         return stop
 
+    def started(self) -> None:
+        """From now on a stop is only recorded, for the event loop to act on; called before
+        the Temporal runtime exists, whose threads must be shut down in order."""
+        self._starting = False
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # Runs in the main thread between two bytecodes: only record. A second signal
-        # changes nothing; supervisord sends SIGKILL after stopwaitsecs anyway.
+        # Runs in the main thread between two bytecodes. A second signal changes nothing;
+        # supervisord sends SIGKILL after stopwaitsecs anyway.
         if self.received is None:
             self.received = signal.Signals(signum)
+        if self._starting:
+            self._starting = False
+            raise StopBeforeStart(self.received.name)
 
     def _drain(self) -> None:
         """Reads what the wakeup pipe holds and records the first stop signal in it."""
