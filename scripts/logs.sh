@@ -5,13 +5,19 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 LOG_PREFIX=logs
 
+# The programs of supervisord.conf, and supervisord itself: the logs there can be.
+known_programs() {
+  sed -n 's/^\[program:\([a-z-]*\)\]$/\1/p' "${PROJECT_ROOT}/supervisord.conf"
+  echo supervisord
+}
+
 usage() {
   cat <<USAGE
 Usage: scripts/logs.sh [-n LINES] [PROGRAM...]
 
 Follows DATA_DIR/logs/PROGRAM.log (default: fastapi worker-cpu worker-gpu), starting with
-the last LINES lines (default 50). Programs: fastapi worker-cpu worker-gpu llama web
-temporal minio supervisord. Works whatever .env says (a bad value is a warning).
+the last LINES lines (default 50). Programs: $(known_programs | paste -sd' ' -).
+Works whatever .env says (a bad value is a warning).
 USAGE
 }
 
@@ -32,11 +38,18 @@ main() {
   done
   ((${#programs[@]})) || programs=(fastapi worker-cpu worker-gpu)
   [[ "${DEPLOY_TRACE:-0}" == 1 ]] && set -x
-  load_settings --lenient
-  local files=() program
+  local known program
+  known="$(known_programs | paste -sd' ' -)"
   for program in "${programs[@]}"; do
-    [[ "$program" =~ ^[a-z-]+$ ]] || die "not a program name: ${program}"
+    [[ " ${known} " == *" ${program} "* ]] \
+      || die "unknown program: ${program} (programs: ${known})"
+  done
+  load_settings --lenient
+  local files=()
+  for program in "${programs[@]}"; do
     files+=("${LOG_DIR}/${program}.log")
+    [[ -f "${LOG_DIR}/${program}.log" ]] \
+      || log "${program} has not written a log yet (${LOG_DIR}/${program}.log): waiting for it"
   done
   log "following ${files[*]} (Ctrl-C to stop)"
   exec tail -n "$lines" -F "${files[@]}"
