@@ -11,13 +11,24 @@ known_programs() {
   echo supervisord
 }
 
+# DATA_DIR/logs, from DATA_DIR alone (the environment, else the settings file, else the
+# default `data` under the checkout), read without starting Python: loading every setting
+# takes seconds on a busy box, and following files needs none of them.
+log_dir() {
+  local data_dir="${DATA_DIR:-}"
+  [[ -n "$data_dir" ]] || data_dir="$(dotenv_value "${ENV_FILE:-${PROJECT_ROOT}/.env}" DATA_DIR)"
+  data_dir="${data_dir:-data}"
+  [[ "$data_dir" == /* ]] || data_dir="${PROJECT_ROOT}/${data_dir}"
+  printf '%s/logs' "$data_dir"
+}
+
 usage() {
   cat <<USAGE
 Usage: scripts/logs.sh [-n LINES] [PROGRAM...]
 
 Follows DATA_DIR/logs/PROGRAM.log (default: fastapi worker-cpu worker-gpu), starting with
 the last LINES lines (default 50). Programs: $(known_programs | paste -sd' ' -).
-Works whatever .env says (a bad value is a warning).
+Works whatever .env says: only DATA_DIR is read.
 USAGE
 }
 
@@ -44,8 +55,8 @@ main() {
     [[ " ${known} " == *" ${program} "* ]] \
       || die "unknown program: ${program} (programs: ${known})"
   done
-  load_settings --lenient
-  local files=()
+  local files=() LOG_DIR
+  LOG_DIR="$(log_dir)"
   for program in "${programs[@]}"; do
     files+=("${LOG_DIR}/${program}.log")
     [[ -f "${LOG_DIR}/${program}.log" ]] \
