@@ -31,8 +31,8 @@ demo: up ## `make up`, then run the sample batch in examples/ and show its outpu
 down: ## Stop every service (no process left behind)
 	@bash scripts/stop_services.sh
 
-status: ## supervisord's view of every program
-	@bash scripts/supervisorctl.sh status || true
+status: ## supervisord's view of every program ("not running" and an error when it is down)
+	@bash scripts/supervisorctl.sh status
 
 logs: ## Follow the API and worker logs (DATA_DIR/logs; `scripts/logs.sh PROGRAM` for others)
 	@bash scripts/logs.sh

@@ -5,13 +5,30 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 LOG_PREFIX=logs
 
+# The programs of supervisord.conf, and supervisord itself: the logs there can be.
+known_programs() {
+  sed -n 's/^\[program:\([a-z-]*\)\]$/\1/p' "${PROJECT_ROOT}/supervisord.conf"
+  echo supervisord
+}
+
+# DATA_DIR/logs, from DATA_DIR alone (the environment, else the settings file, else the
+# default `data` under the checkout), read without starting Python: loading every setting
+# takes seconds on a busy box, and following files needs none of them.
+log_dir() {
+  local data_dir="${DATA_DIR:-}"
+  [[ -n "$data_dir" ]] || data_dir="$(dotenv_value "${ENV_FILE:-${PROJECT_ROOT}/.env}" DATA_DIR)"
+  data_dir="${data_dir:-data}"
+  [[ "$data_dir" == /* ]] || data_dir="${PROJECT_ROOT}/${data_dir}"
+  printf '%s/logs' "$data_dir"
+}
+
 usage() {
   cat <<USAGE
 Usage: scripts/logs.sh [-n LINES] [PROGRAM...]
 
 Follows DATA_DIR/logs/PROGRAM.log (default: fastapi worker-cpu worker-gpu), starting with
-the last LINES lines (default 50). Programs: fastapi worker-cpu worker-gpu llama web
-temporal minio supervisord. Works whatever .env says (a bad value is a warning).
+the last LINES lines (default 50). Programs: $(known_programs | paste -sd' ' -).
+Works whatever .env says: only DATA_DIR is read.
 USAGE
 }
 
@@ -32,11 +49,18 @@ main() {
   done
   ((${#programs[@]})) || programs=(fastapi worker-cpu worker-gpu)
   [[ "${DEPLOY_TRACE:-0}" == 1 ]] && set -x
-  load_settings --lenient
-  local files=() program
+  local known program
+  known="$(known_programs | paste -sd' ' -)"
   for program in "${programs[@]}"; do
-    [[ "$program" =~ ^[a-z-]+$ ]] || die "not a program name: ${program}"
+    [[ " ${known} " == *" ${program} "* ]] \
+      || die "unknown program: ${program} (programs: ${known})"
+  done
+  local files=() LOG_DIR
+  LOG_DIR="$(log_dir)"
+  for program in "${programs[@]}"; do
     files+=("${LOG_DIR}/${program}.log")
+    [[ -f "${LOG_DIR}/${program}.log" ]] \
+      || log "${program} has not written a log yet (${LOG_DIR}/${program}.log): waiting for it"
   done
   log "following ${files[*]} (Ctrl-C to stop)"
   exec tail -n "$lines" -F "${files[@]}"

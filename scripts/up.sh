@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# `make up`: the whole stack on this machine in local mode, then wait for /health.
+# `make up`: the whole stack on this machine in local mode, then wait until it is healthy:
+# /health says ok and supervisord has every started program past start-up (RUNNING once it
+# stayed up for its startsecs), so `make status` right after shows RUNNING.
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -19,14 +21,16 @@ main() {
   local started=$SECONDS
   "${PROJECT_ROOT}/scripts/start_services.sh"
   load_settings
-  local timeout="$HEALTH_TIMEOUT" api="http://127.0.0.1:${API_PORT}" status=""
+  local timeout="$HEALTH_TIMEOUT" api="http://127.0.0.1:${API_PORT}" status="" starting=""
   until status="$(curl -fsS --max-time 5 "${api}/health" 2>/dev/null)" \
     && "$PYTHON" -c 'import json, sys; sys.exit(json.load(sys.stdin)["status"] != "ok")' \
-      <<<"$status"; do
+      <<<"$status" \
+    && starting="$(starting_programs)" && [[ -z "$starting" ]]; do
     if ((SECONDS - started > timeout)); then
       log "not healthy after ${timeout}s:"
       printf '%s\n' "${status:-no answer from ${api}/health}" >&2
-      "${PROJECT_ROOT}/scripts/supervisorctl.sh" status >&2 || true
+      [[ -z "$starting" ]] || log "still starting in supervisord: ${starting//$'\n'/, }"
+      STATUS_SETTLE_SECONDS=0 "${PROJECT_ROOT}/scripts/supervisorctl.sh" status >&2 || true
       die "see the logs in ${LOG_DIR}"
     fi
     sleep 0.5

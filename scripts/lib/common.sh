@@ -63,3 +63,10 @@ supervisorctl_cmd() {
 supervisord_running() {
   [[ -S "$SUPERVISOR_SOCKET" ]] && supervisorctl_cmd pid >/dev/null 2>&1
 }
+
+# Prints `NAME STATE` for each program supervisord is still starting: STARTING (up for less
+# than its startsecs) or BACKOFF (it exited while starting and will be retried).
+starting_programs() {
+  supervisorctl_cmd status 2>/dev/null \
+    | awk '$2 == "STARTING" || $2 == "BACKOFF" {print $1, $2}' || true
+}
