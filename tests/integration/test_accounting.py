@@ -43,7 +43,9 @@ def _expected_ids(reason: str) -> Counter[str]:
 
 @pytest.mark.parametrize("reason", REASONS)
 def test_output_and_errors_hold_every_custom_id_once(
-    reason: str, stack: Stack, endings: dict[str, Ending]  # noqa: F811
+    reason: str,
+    stack: Stack,
+    endings: dict[str, Ending],  # noqa: F811
 ) -> None:
     batch_id = endings[reason].batch["id"]
     batch = batches.get(stack, batch_id)
@@ -67,7 +69,9 @@ def test_output_and_errors_hold_every_custom_id_once(
 
 @pytest.mark.parametrize("reason", ["cancelled", "expired", "budget"])
 def test_the_openai_view_names_the_error_file(
-    reason: str, stack: Stack, endings: dict[str, Ending]  # noqa: F811
+    reason: str,
+    stack: Stack,
+    endings: dict[str, Ending],  # noqa: F811
 ) -> None:
     """An ending that left requests unrun has an error file, and its counts add up."""
     batch_id = endings[reason].batch["id"]

@@ -58,7 +58,9 @@ def cases(draw: st.DrawFn) -> Case:
     for shard in range(shards):
         size = min(shard_size, valid - shard * shard_size)
         whole = reason == "completed"  # a completed batch ran every request
-        answered = [True] * size if whole else draw(st.lists(st.booleans(), min_size=size, max_size=size))
+        answered = (
+            [True] * size if whole else draw(st.lists(st.booleans(), min_size=size, max_size=size))
+        )
         failed = draw(st.lists(st.booleans(), min_size=size, max_size=size))
         ran = any(answered) or draw(st.booleans())
         attempts = draw(st.integers(min_value=1, max_value=3)) if ran or whole else 0
@@ -84,7 +86,13 @@ def write_batch(client: Any, bucket: str, batch_id: str, case: Case) -> dict[str
         else:
             custom_id = f"{batch_id}-r{line_no}"
             requests.append(
-                {"line": line_no, "custom_id": custom_id, "method": "POST", "url": "/v1/x", "body": {}}
+                {
+                    "line": line_no,
+                    "custom_id": custom_id,
+                    "method": "POST",
+                    "url": "/v1/x",
+                    "body": {},
+                }
             )
             expected[custom_id] += 1
     _put(client, bucket, invalid_lines_key(batch_id), invalid)
