@@ -4,8 +4,10 @@ line's custom_id exactly once, the requests that never ran are error lines with 
 ending's code, and request_counts add up to the total.
 
 The batches are test_lifecycle's endings (a cancel while it runs, a completion window
-shorter than the work, a budget one shard passes, plus a completed and a failed one). The
-merge's property test also runs here once against the real S3 server.
+shorter than the work, a budget one shard passes, plus a completed and a failed one), and
+two that end half way on a warm stack, so that some shards finished, some were stopped part
+way and some never ran: a cancel once answers arrive, and a 15-second completion window.
+The merge's property test also runs here against the real S3 server.
 """
 
 from __future__ import annotations
@@ -32,6 +34,49 @@ SUBMITTED = {
     "budget": ("bud", 1500),
 }
 UNFINISHED_CODES = {code for code, _ in UNFINISHED_ERRORS.values()}
+
+
+@pytest.fixture(scope="module")
+def midway(stack: Stack, endings: dict[str, Ending]) -> dict[str, dict[str, Any]]:  # noqa: F811
+    """A cancel and an expiry that each come after some answers and before the last: run
+    once test_lifecycle's endings are over (so the workers and llama-server are warm)."""
+    cancel = batches.submit(
+        stack, items=batches.chat_items(3000, "mid-can", max_tokens=16), shard_size=100
+    )["id"]
+    expire = batches.submit(
+        stack,
+        items=batches.chat_items(3000, "mid-exp", max_tokens=16),
+        shard_size=100,
+        completion_window="15s",
+    )["id"]
+    batches.wait_until(stack, cancel, lambda b: b["request_counts"]["completed"] > 0, 120)
+    assert stack.http.post(f"/batch/{cancel}/cancel").status_code == 200
+    return {
+        "cancelled": batches.wait_terminal(stack, cancel),
+        "expired": batches.wait_terminal(stack, expire),
+    }
+
+
+@pytest.mark.parametrize("reason", ["cancelled", "expired"])
+def test_a_batch_ended_half_way_accounts_for_the_rest(
+    reason: str, stack: Stack, midway: dict[str, dict[str, Any]]
+) -> None:
+    batch = batches.get(stack, midway[reason]["id"])
+    assert batch["status"] == batch["end_reason"] == reason
+    output = batches.results(stack, batch["id"])
+    errors = batches.errors(stack, batch["id"])
+    prefix = "mid-can" if reason == "cancelled" else "mid-exp"
+    expected = Counter(item["custom_id"] for item in batches.chat_items(3000, prefix))
+    assert Counter(line["custom_id"] for line in output + errors) == expected
+    counts = batch["request_counts"]
+    assert (counts["total"], counts["completed"], counts["failed"]) == (
+        3000,
+        len(output),
+        len(errors),
+    )
+    never_ran = [e for e in errors if e["error"]["code"] == UNFINISHED_ERRORS[reason][0]]
+    assert output, f"the {reason} batch ended before any answer"
+    assert never_ran, f"the {reason} batch ran every request"
 
 
 def _expected_ids(reason: str) -> Counter[str]:
