@@ -136,6 +136,10 @@ class MergeInput:
     status: str
     total: int
     created_at: int
+    # Why the batch ended (kernel.lifecycle's EndReason): the code of the error lines for the
+    # requests that never ran (kernel.results.UNFINISHED_ERRORS). Empty in histories recorded
+    # before it existed: the final `status` stands for it then.
+    end_reason: str = ""
 
 
 @dataclass

@@ -63,6 +63,7 @@ async def test_shards_run_once_each_within_the_window(env: WorkflowEnvironment) 
     assert fakes.max_in_flight == 3
     assert outcome.completed == 12 * (SHARD_ITEMS - 1)
     assert [m.status for m in fakes.merges] == ["completed"]
+    assert [m.end_reason for m in fakes.merges] == ["completed"]
     memo = await (await env.client.get_workflow_handle(batch_id).describe()).memo()
     assert memo["status"] == "completed"
     assert memo["request_counts"] == {"total": 120, "completed": 108, "failed": 12}
@@ -109,6 +110,7 @@ async def test_cancel_merges_what_finished(env: WorkflowEnvironment) -> None:
     description = await env.client.get_workflow_handle(batch_id).describe()
     assert description.status == WorkflowExecutionStatus.CANCELED
     assert [m.status for m in fakes.merges] == ["cancelled"]
+    assert [m.end_reason for m in fakes.merges] == ["cancelled"]
     memo = await description.memo()
     assert memo["status"] == "cancelled"
     assert len(fakes.shard_runs) < 50
@@ -170,3 +172,4 @@ async def test_cancel_shows_before_the_shards_stop_and_counts_their_answers(
     assert memo["usage"]["input_tokens"] == 10, "the stopped shards' answers count"
     assert memo["boxes"] == {"test-box": 6}
     assert [m.status for m in fakes.merges] == ["cancelled"]
+    assert [m.end_reason for m in fakes.merges] == ["cancelled"]

@@ -43,6 +43,7 @@ async def test_budget_stops_the_batch_as_a_cancel_keeping_results(
     # One more shard at a cent would pass five cents: it stops after the fifth.
     assert sorted(fakes.shard_runs) == list(range(5))
     assert [m.status for m in fakes.merges] == ["cancelled"]
+    assert [m.end_reason for m in fakes.merges] == ["budget"]
 
     description = await env.client.get_workflow_handle(batch_id).describe()
     assert description.status == WorkflowExecutionStatus.COMPLETED

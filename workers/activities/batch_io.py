@@ -29,8 +29,15 @@ from kernel.inputs import MAX_SHARD_BYTES, MergeInput, MergeResult, SplitInput, 
 from kernel.jsonl import TooLong, iter_lines
 from kernel.keys import errors_key, invalid_lines_key, output_key, shard_key, summary_key
 from kernel.lines import LineError, parse_line
-from kernel.results import ShardResults
-from kernel.storage import JsonlSpool, ObjectStream, is_missing, put_bytes, stream_object
+from kernel.results import ShardResults, unfinished_error, unfinished_line
+from kernel.storage import (
+    JsonlSpool,
+    ObjectStream,
+    is_missing,
+    put_bytes,
+    read_lines,
+    stream_object,
+)
 
 HEARTBEAT_SECONDS = 2.0
 
@@ -189,16 +196,44 @@ class BatchIOActivities:
             return self._merge(params, heartbeat)
 
     def _merge(self, params: MergeInput, heartbeat: _Heartbeat) -> MergeResult:
-        completed = failed = 0
+        """The invalid input lines, then each shard's result lines, in shard order; after a
+        batch that did not run every request, each shard's request lines without an answer
+        follow its results as error lines (kernel.results.UNFINISHED_ERRORS), read from the
+        shard's input object. Memory: one shard's custom_ids at most."""
+        completed = failed = unfinished = 0
         results = ShardResults(self.s3, params.bucket, params.batch_id)
+        never_ran = unfinished_error(params.end_reason, params.status)
+
+        def lines(key: str) -> Iterator[bytes]:
+            return read_lines(self.s3, params.bucket, key, missing_ok=True)
+
         with JsonlSpool(self.s3, params.bucket) as out, JsonlSpool(self.s3, params.bucket) as err:
-            for success, line in results.lines(params.shard_count, on_shard=heartbeat):
-                if success:
-                    out.write(line + b"\n")
-                    completed += 1
-                else:
-                    err.write(line + b"\n")
-                    failed += 1
+            for line in lines(invalid_lines_key(params.batch_id)):
+                err.write(line + b"\n")
+                failed += 1
+            keys = results.result_keys() if params.shard_count else {}
+            for shard in range(params.shard_count):
+                answered: set[str] = set()
+                for line in lines(keys[shard]) if shard in keys else ():
+                    record = json.loads(line)
+                    if never_ran is not None:
+                        answered.add(record.get("custom_id"))
+                    if record.get("error") is None:
+                        out.write(line + b"\n")
+                        completed += 1
+                    else:
+                        err.write(line + b"\n")
+                        failed += 1
+                if never_ran is not None:
+                    for line in lines(shard_key(params.batch_id, shard)):
+                        request = json.loads(line)
+                        if request["custom_id"] in answered:
+                            continue
+                        record = unfinished_line(request["line"], request["custom_id"], *never_ran)
+                        err.write(json.dumps(record).encode() + b"\n")
+                        unfinished += 1
+                heartbeat(shard)
+            failed += unfinished
             out.upload(output_key(params.batch_id))
             err.upload(errors_key(params.batch_id))
         summary = {
@@ -218,7 +253,11 @@ class BatchIOActivities:
             content_type="application/json",
         )
         activity.logger.info(
-            "batch %s merged: %d completed, %d failed", params.batch_id, completed, failed
+            "batch %s merged: %d completed, %d failed (%d never ran)",
+            params.batch_id,
+            completed,
+            failed,
+            unfinished,
         )
         return MergeResult(
             completed=completed,

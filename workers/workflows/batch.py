@@ -142,7 +142,15 @@ class BatchWorkflow:
         stop or an expiry, the shards in flight were stopped first and kept their answers)
         and publishes the final state `reason` gives (kernel.lifecycle) with its timestamp."""
         status = END_STATE[reason]
-        merged = await self._merge(params, progress, status)
+        merged = await self._merge(params, progress, status, reason)
+        if merged.completed + merged.failed != progress.total:
+            workflow.logger.warning(
+                "batch %s: %d completed + %d failed lines merged, of %d",
+                params.batch_id,
+                merged.completed,
+                merged.failed,
+                progress.total,
+            )
         changes: dict[str, Any] = {
             "status": status,
             "end_reason": reason,
@@ -177,7 +185,7 @@ class BatchWorkflow:
     async def _fail_without_valid_lines(
         self, params: BatchInput, progress: BatchProgress, first_error: str
     ) -> None:
-        await self._merge(params, progress, "failed")
+        await self._merge(params, progress, "failed", "failed")
         first = first_error or "the input is empty"
         message = f"no valid request line in {progress.total} line(s); first problem: {first}"
         self._publish(
@@ -372,7 +380,11 @@ class BatchWorkflow:
                 self._capacity = capacity.shards
         return max(params.window, self._capacity)
 
-    async def _merge(self, params: BatchInput, progress: BatchProgress, status: str) -> MergeResult:
+    async def _merge(
+        self, params: BatchInput, progress: BatchProgress, status: str, reason: EndReason
+    ) -> MergeResult:
+        """Writes the output and error files; the requests that never ran (a cancel, the
+        budget, an expiry) become error lines there, so the counts add up to the total."""
         merged: MergeResult = await workflow.execute_activity_method(
             BatchIOActivities.merge_results,
             MergeInput(
@@ -382,6 +394,7 @@ class BatchWorkflow:
                 status=status,
                 total=progress.total,
                 created_at=params.created_at,
+                end_reason=reason,
             ),
             start_to_close_timeout=IO_TIMEOUT,
             heartbeat_timeout=IO_HEARTBEAT,
