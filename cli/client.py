@@ -7,19 +7,28 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
 from kernel.config import Settings, SettingsError, load_settings
+from kernel.keys import file_key
 
 URL_VARIABLES = ("LLM_BATCH_URL",)
 KEY_VARIABLES = ("LLM_BATCH_API_KEY", "API_KEY")
 CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 60.0
+# After the last byte of an upload the API reads the file through once more (its own line
+# check) and writes it to the bucket before it answers: minutes for millions of lines.
+UPLOAD_READ_TIMEOUT_SECONDS = 1800.0
+# What one read of the upload returns at most (plus the rest of the line it ends in).
+UPLOAD_CHUNK_BYTES = 1 << 20
+
+# (bytes sent, request lines sent) as the upload goes.
+UploadProgress = Callable[[int, int], None]
 
 
 class ApiUnreachable(Exception):
@@ -32,6 +41,87 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class InputLineError(Exception):
+    """A line of the file to upload is not a JSON object."""
+
+    def __init__(self, number: int, message: str) -> None:
+        super().__init__(f"line {number}: {message}")
+        self.number = number
+        self.message = message
+
+
+class JsonlReader:
+    """A read-only file object over a JSONL file, read a chunk of whole lines at a time.
+
+    httpx streams a multipart upload by calling `read(n)` until it gets b"" and takes the
+    length from `fileno()`; each read here returns whole lines, about n bytes of them, so
+    memory holds one chunk whatever the file's size. With `check`, a line that is not a JSON
+    object raises InputLineError (the API refuses the whole file for one); whether a line
+    is a valid request the API decides per line, in the batch's error file.
+    """
+
+    def __init__(
+        self, handle: IO[bytes], on_progress: UploadProgress | None = None, check: bool = False
+    ) -> None:
+        self._handle = handle
+        self._on_progress = on_progress
+        self._check = check
+        self.number = 0  # lines read, blank ones included
+        self.lines = 0  # request lines (not blank)
+        self.bytes = 0
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+    def _line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        self.lines += 1
+        if not self._check:
+            return
+        try:
+            parsed = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputLineError(
+                self.number, f"not JSON ({exc.msg} at column {exc.colno})"
+            ) from None
+        except UnicodeDecodeError:
+            raise InputLineError(self.number, "not UTF-8 text") from None
+        if not isinstance(parsed, dict):
+            raise InputLineError(
+                self.number, f"expected a JSON object, got {type(parsed).__name__}"
+            )
+
+    def read(self, size: int = -1) -> bytes:
+        limit = size if 0 < size < UPLOAD_CHUNK_BYTES else UPLOAD_CHUNK_BYTES
+        parts: list[bytes] = []
+        got = 0
+        while got < limit:
+            line = self._handle.readline()
+            if not line:
+                break
+            self.number += 1
+            self._line(line)
+            parts.append(line)
+            got += len(line)
+        self.bytes += got
+        if got and self._on_progress is not None:
+            self._on_progress(self.bytes, self.lines)
+        return b"".join(parts)
+
+
+def check_jsonl_file(path: Path, on_progress: UploadProgress | None = None) -> int:
+    """Reads the file through once, a chunk at a time: its number of request lines, or
+    InputLineError naming the first line that is not a JSON object (or an empty file)."""
+    with path.open("rb") as handle:
+        reader = JsonlReader(handle, on_progress, check=True)
+        while reader.read(UPLOAD_CHUNK_BYTES):
+            pass
+    if reader.lines == 0:
+        raise InputLineError(reader.number, "the file has no request lines")
+    return reader.lines
 
 
 def _settings() -> Settings | None:
@@ -151,10 +241,52 @@ class Api:
         result: dict[str, Any] = self.request("GET", f"/batch/{batch_id}")
         return result
 
-    def batches(self, limit: int) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.request("GET", "/batches", params={"limit": limit})[
-            "data"
-        ]
+    def upload(self, path: Path, on_progress: UploadProgress | None = None) -> dict[str, Any]:
+        """Streams a JSONL file to `POST /v1/files` (purpose "batch") in constant memory;
+        the API's file object, with `lines` (request lines sent) added."""
+        with path.open("rb") as handle:
+            reader = JsonlReader(handle, on_progress)
+            result: dict[str, Any] = self.request(
+                "POST",
+                "/v1/files",
+                data={"purpose": "batch"},
+                files={"file": (path.name, reader, "application/jsonl")},
+                timeout=httpx.Timeout(
+                    READ_TIMEOUT_SECONDS,
+                    connect=CONNECT_TIMEOUT_SECONDS,
+                    read=UPLOAD_READ_TIMEOUT_SECONDS,
+                ),
+            )
+        result["lines"] = reader.lines
+        return result
+
+    def delete_file(self, file_id: str) -> None:
+        self.request("DELETE", f"/v1/files/{file_id}")
+
+    def submit_file(
+        self, file_id: str, body: dict[str, Any], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """`POST /batch` with an uploaded file as its input (`input_key`), so the batch keeps
+        the native options (endpoint, defaults, metadata, budget, shard size)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        result: dict[str, Any] = self.request(
+            "POST", "/batch", json={**body, "input_key": file_key(file_id)}, headers=headers
+        )
+        return result
+
+    def batches(
+        self,
+        limit: int,
+        status: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """`GET /batches`; the API filters by `status` and by `metadata[KEY]=VALUE`."""
+        params: dict[str, str | int] = {"limit": limit}
+        if status:
+            params["status"] = status
+        for key, value in (metadata or {}).items():
+            params[f"metadata[{key}]"] = value
+        result: list[dict[str, Any]] = self.request("GET", "/batches", params=params)["data"]
         return result
 
     def cancel(self, batch_id: str) -> dict[str, Any]:

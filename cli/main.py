@@ -18,16 +18,26 @@ import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
     Task,
+    TaskProgressColumn,
     TextColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Column, Table
 from rich.text import Text
 
-from cli.client import Api, ApiError, ApiUnreachable, resolve
+from cli.client import (
+    Api,
+    ApiError,
+    ApiUnreachable,
+    InputLineError,
+    check_jsonl_file,
+    resolve,
+)
 from kernel import lifecycle
 from kernel.lifecycle import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
 
@@ -272,18 +282,62 @@ def finish(batch: dict[str, Any]) -> None:
     raise typer.Exit(exit_code(batch))
 
 
-def read_items(path: Path) -> list[Any]:
-    """The request lines of a JSONL file; a line that is not JSON stops with its number."""
-    items: list[Any] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise fail(f"{path}:{number}: not JSON ({exc.msg} at column {exc.colno})") from None
-    return items
+def parse_metadata(pairs: list[str] | None) -> dict[str, str]:
+    """`--metadata KEY=VALUE` options as a dict; a pair without `=` or key is a usage error."""
+    result: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise fail(f"--metadata takes KEY=VALUE, got {pair!r}")
+        result[key] = value
+    return result
+
+
+def size_text(value: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"  # pragma: no cover
+
+
+def upload_file(path: Path) -> dict[str, Any]:
+    """Checks the file's lines, then streams it to the API, both a chunk at a time; a live
+    bar (bytes, lines, %) on a terminal, one line when done otherwise. A line that is not a
+    JSON object stops it before anything is sent (exit 2)."""
+    total = path.stat().st_size
+    try:
+        if err.is_terminal and not state.json:
+            columns = (
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                DownloadColumn(),
+                TextColumn("{task.fields[lines]:,} lines"),
+                TransferSpeedColumn(),
+            )
+            with Progress(*columns, console=err, transient=False) as bar:
+                checked = bar.add_task("check", total=total or None, lines=0)
+                check_jsonl_file(
+                    path, lambda done, lines: bar.update(checked, completed=done, lines=lines)
+                )
+                sent = bar.add_task("upload", total=total or None, lines=0)
+                uploaded = state.api.upload(
+                    path, lambda done, lines: bar.update(sent, completed=done, lines=lines)
+                )
+        else:
+            check_jsonl_file(path)
+            uploaded = state.api.upload(path)
+    except InputLineError as exc:
+        raise fail(f"{path}:{exc.number}: {exc.message}") from None
+    if not state.json:
+        err.print(
+            f"uploaded {path.name}: {uploaded['lines']:,} lines, {size_text(total)} (100%) "
+            f"as {uploaded['id']}",
+            markup=False,
+            soft_wrap=True,
+        )
+    return uploaded
 
 
 @app.command()
@@ -303,20 +357,18 @@ def submit(
         float | None, typer.Option("--max-cost", help="budget in USD (max_cost_usd)")
     ] = None,
     shard_size: Annotated[int | None, typer.Option(help="requests per shard")] = None,
+    completion_window: Annotated[
+        str | None,
+        typer.Option(help="time limit such as 24h, 30m or 90s: then the batch ends 'expired'"),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="a unique string: a retry with it gets the first batch, not a second"),
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="watch it until it ends")] = False,
 ) -> None:
-    """Submit a JSONL file as a batch (inline items, up to the API's MAX_INLINE_ITEMS)."""
-    items = read_items(file)
-    if not items:
-        raise fail(f"{file} has no request lines")
-    limit = state.api.target.max_inline_items
-    if len(items) > limit:
-        raise fail(
-            f"{file} has {len(items)} lines; inline batches take at most {limit} "
-            "(MAX_INLINE_ITEMS): split the file, or upload it to the bucket and POST /batch "
-            "with input_key"
-        )
-    body: dict[str, Any] = {"items": items, "endpoint": endpoint}
+    """Submit a JSONL file of any size as a batch: streamed to /v1/files, then POST /batch."""
+    body: dict[str, Any] = {"endpoint": endpoint}
     if defaults:
         try:
             body["defaults"] = json.loads(defaults)
@@ -325,24 +377,33 @@ def submit(
         if not isinstance(body["defaults"], dict):
             raise fail("--defaults must be a JSON object")
     if metadata:
-        pairs = [item.partition("=") for item in metadata]
-        if any(not sep or not key for key, sep, _ in pairs):
-            raise fail("--metadata takes KEY=VALUE")
-        body["metadata"] = {key: value for key, _, value in pairs}
+        body["metadata"] = parse_metadata(metadata)
     if max_cost is not None:
         body["max_cost_usd"] = max_cost
     if shard_size is not None:
         body["shard_size"] = shard_size
-    batch = state.api.submit(body)
+    if completion_window is not None:
+        body["completion_window"] = completion_window
+    uploaded = upload_file(file)
+    try:
+        batch = state.api.submit_file(uploaded["id"], body, idempotency_key)
+    except ApiError:
+        # No batch reads the upload: remove it (best effort), then report the API's error.
+        try:
+            state.api.delete_file(uploaded["id"])
+        except (ApiError, ApiUnreachable):
+            pass
+        raise
+    lines = uploaded["lines"]
     if not watch:
         if state.json:
             _emit_json(batch)
         else:
-            out.print(f"{batch['id']} {batch['status']} ({len(items)} requests)", markup=False)
+            out.print(f"{batch['id']} {batch['status']} ({lines} requests)", markup=False)
             err.print(f"follow it with: llm-batch watch {batch['id']}", markup=False)
         return
     if not state.json:
-        err.print(f"submitted {batch['id']} ({len(items)} requests)")
+        err.print(f"submitted {batch['id']} ({lines} requests)")
     finish(watch_batch(batch["id"]))
 
 
@@ -364,13 +425,21 @@ def status(batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id"
 @app.command("list")
 def list_batches(
     limit: Annotated[int, typer.Option(min=1, max=1000, help="how many")] = 20,
+    status_filter: Annotated[
+        str | None, typer.Option("--status", help="only batches in this state, e.g. completed")
+    ] = None,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE: only batches with it in their metadata (repeatable: all)"),
+    ] = None,
 ) -> None:
-    """Recent batches, newest first."""
-    batches = state.api.batches(limit)
+    """Recent batches, newest first, with their metadata."""
+    batches = state.api.batches(limit, status_filter, parse_metadata(metadata))
     if state.json:
         _emit_json(batches)
         return
-    table = Table(Column("id", no_wrap=True), "status", "done", "total", "req/s", "cost", "created")
+    headings = ("status", "done", "total", "req/s", "cost", "created", "metadata")
+    table = Table(Column("id", no_wrap=True), *headings)
     for batch in batches:
         counts = batch.get("request_counts") or {}
         created = batch.get("created_at")
@@ -382,6 +451,7 @@ def list_batches(
             rate(batch.get("requests_per_second"), ""),
             money(batch.get("cost_usd")),
             time.strftime("%m-%d %H:%M", time.localtime(created)) if created else "",
+            ", ".join(f"{k}={v}" for k, v in (batch.get("metadata") or {}).items()),
         )
     out.print(table)
 

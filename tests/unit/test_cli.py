@@ -3,13 +3,17 @@ it sends, what it prints and its exit codes. Against the real stack: test_operat
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 import cli.main as main
@@ -33,17 +37,76 @@ BATCH = {
 }
 
 
+FILE_ID = "file-" + "f" * 32
+
+
+class Upload:
+    """The file part of a multipart upload, read as it streams in: its size, its digest, a
+    copy when small, and the largest chunk the client sent."""
+
+    KEEP_BYTES = 1 << 20
+
+    def __init__(self, request: httpx.Request) -> None:
+        boundary = request.headers["content-type"].split("boundary=", 1)[1].encode()
+        trailer = b"\r\n--" + boundary + b"--\r\n"
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.largest_chunk = 0
+        self.content = b""
+        self.form = b""
+        head = b""
+        held = b""
+        in_file = False
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        for chunk in request.stream:
+            self.largest_chunk = max(self.largest_chunk, len(chunk))
+            if not in_file:
+                head += chunk
+                start = head.find(b'name="file"')
+                if start < 0 or head.find(b"\r\n\r\n", start) < 0:
+                    continue
+                body_at = head.find(b"\r\n\r\n", start) + 4
+                self.form, chunk, in_file = head[:body_at], head[body_at:], True
+            held += chunk
+            if len(held) > len(trailer):
+                self._take(held[: -len(trailer)])
+                held = held[-len(trailer) :]
+        assert held == trailer, held
+
+    def _take(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.size += len(data)
+        if self.size <= self.KEEP_BYTES:
+            self.content += data
+
+
 class FakeApi:
-    """Answers like the API; remembers the requests."""
+    """Answers like the API; remembers the requests and what was uploaded."""
 
     def __init__(self) -> None:
         self.requests: list[httpx.Request] = []
         self.statuses: list[str] = ["completed"]
+        self.uploads: list[Upload] = []
+        self.deleted: list[str] = []
+        self.refuse_batch = False
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         path = request.url.path
+        if path != "/v1/files":
+            request.read()
+        if path == "/v1/files" and request.method == "POST":
+            upload = Upload(request)  # read as it streams, never whole
+            self.uploads.append(upload)
+            file = {"id": FILE_ID, "object": "file", "bytes": upload.size, "purpose": "batch"}
+            return httpx.Response(200, json=file)
+        if path == f"/v1/files/{FILE_ID}" and request.method == "DELETE":
+            self.deleted.append(FILE_ID)
+            return httpx.Response(200, json={"id": FILE_ID, "deleted": True})
         if path == "/batch" and request.method == "POST":
+            if self.refuse_batch:
+                error = {"code": 400, "type": "invalid_request", "message": "bad shard_size"}
+                return httpx.Response(400, json={"error": error})
             return httpx.Response(202, json={**BATCH, "status": "validating"})
         if path == "/batch/batch_1":
             status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
@@ -60,10 +123,21 @@ class FakeApi:
         )
 
 
+class Transport(httpx.BaseTransport):
+    """httpx.MockTransport reads a request's body whole before its handler sees it; this
+    hands the request over as it is, so an upload arrives chunk by chunk as on a socket."""
+
+    def __init__(self, handler: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.handler = handler
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.handler(request)
+
+
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApi]:
     fake = FakeApi()
-    transport = httpx.MockTransport(fake.handler)
+    transport = Transport(fake.handler)
     monkeypatch.setattr(main, "Api", lambda target: Api(target, transport=transport))
     monkeypatch.setattr(main, "POLL_SECONDS", 0.0)
     yield fake
@@ -112,7 +186,7 @@ def test_status_without_a_box_price_says_how_to_set_one(
     assert "cost unknown: no box price (set GPU_PRICE_PER_HOUR on the box)" in text
 
 
-def test_submit_sends_inline_items_with_options(
+def test_submit_uploads_the_file_then_posts_the_batch_with_its_options(
     api: FakeApi, invoke: Invoke, tmp_path: Path
 ) -> None:
     source = tmp_path / "in.jsonl"
@@ -126,23 +200,98 @@ def test_submit_sends_inline_items_with_options(
         '{"max_tokens": 4}',
         "--metadata",
         "project=demo",
+        "--metadata",
+        "run=7=b",
         "--max-cost",
         "2.5",
         "--shard-size",
         "7",
+        "--completion-window",
+        "24h",
+        "--idempotency-key",
+        "nightly-2026-12-03",
     )
     assert result.exit_code == 0, result.output
     assert "batch_1 validating (2 requests)" in result.stdout
+    assert f"uploaded in.jsonl: 2 lines, 69 B (100%) as {FILE_ID}" in result.stderr
     assert "follow it with: llm-batch watch batch_1" in result.stderr
-    body = json.loads(api.requests[0].content)
-    assert body == {
-        "items": [{"custom_id": "a", "prompt": "x"}, {"custom_id": "b", "prompt": "y"}],
+    upload, create = api.requests
+    assert (upload.method, upload.url.path) == ("POST", "/v1/files")
+    assert b'name="purpose"\r\n\r\nbatch\r\n' in api.uploads[0].form
+    assert b'filename="in.jsonl"' in api.uploads[0].form
+    assert api.uploads[0].content == source.read_bytes()
+    assert (create.method, create.url.path) == ("POST", "/batch")
+    assert create.headers["Idempotency-Key"] == "nightly-2026-12-03"
+    assert json.loads(create.content) == {
+        "input_key": f"files/{FILE_ID}",
         "endpoint": "/v1/completions",
         "defaults": {"max_tokens": 4},
-        "metadata": {"project": "demo"},
+        "metadata": {"project": "demo", "run": "7=b"},
         "max_cost_usd": 2.5,
         "shard_size": 7,
+        "completion_window": "24h",
     }
+
+
+def test_submit_streams_a_large_file_in_bounded_memory(
+    api: FakeApi, invoke: Invoke, tmp_path: Path
+) -> None:
+    """200,000 lines (about 22 MB) go up in chunks of about 1 MiB: the bytes arrive intact
+    and the peak allocation (the CLI's and this double's together) stays under 8 MiB."""
+    source = tmp_path / "big.jsonl"
+    line = '{"custom_id": "q%06d", "messages": [{"role": "user", "content": "%06d %s"}]}\n'
+    padding = "say it in one short sentence"
+    with source.open("w") as handle:
+        for n in range(200_000):
+            handle.write(line % (n, n, padding))
+    size = source.stat().st_size
+    expected = hashlib.sha256(source.read_bytes()).hexdigest()
+    tracemalloc.start()
+    try:
+        result = invoke("submit", str(source))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.exit_code == 0, result.output
+    assert "batch_1 validating (200000 requests)" in result.stdout
+    assert "uploaded big.jsonl: 200,000 lines, " in result.stderr
+    upload = api.uploads[0]
+    assert (upload.size, upload.digest.hexdigest()) == (size, expected)
+    assert upload.largest_chunk <= 2 << 20
+    assert int(api.requests[0].headers["content-length"]) > size  # not chunked: sized
+    assert size > 20_000_000 and peak < 8 << 20, (size, peak)
+    print(f"file {size} bytes, peak traced allocation {peak} bytes")
+
+
+def test_submit_shows_upload_progress_on_a_terminal(
+    api: FakeApi, invoke: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    screen = io.StringIO()
+    monkeypatch.setattr(
+        main,
+        "err",
+        Console(file=screen, force_terminal=True, color_system=None, highlight=False, width=160),
+    )
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"custom_id": "a", "prompt": "x"}\n' * 3000)
+    result = invoke("submit", str(source))
+    assert result.exit_code == 0, result.output
+    shown = screen.getvalue()
+    assert "upload" in shown and "100%" in shown and "3,000 lines" in shown
+    assert "102.0 kB" in shown  # bytes sent of the file's size
+    assert f"uploaded in.jsonl: 3,000 lines, 102.0 kB (100%) as {FILE_ID}" in shown
+
+
+def test_submit_removes_the_upload_when_the_batch_is_refused(
+    api: FakeApi, invoke: Invoke, tmp_path: Path
+) -> None:
+    api.refuse_batch = True
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"custom_id": "a", "prompt": "x"}\n')
+    result = invoke("submit", str(source))
+    assert result.exit_code == 1
+    assert "HTTP 400: bad shard_size" in str(result.exception)
+    assert api.deleted == [FILE_ID]
 
 
 def test_submit_watch_ends_with_the_batch_exit_code(
@@ -170,15 +319,30 @@ def test_submit_refuses_bad_input_in_one_line(
     assert api.requests == []
 
 
-def test_submit_refuses_more_lines_than_the_inline_limit(
+def test_submit_takes_more_lines_than_the_inline_limit(
     api: FakeApi, invoke: Invoke, tmp_path: Path
 ) -> None:
     (tmp_path / ".env").write_text("MAX_INLINE_ITEMS=2\n")
     source = tmp_path / "in.jsonl"
     source.write_text('{"custom_id": "a"}\n' * 3)
     result = invoke("submit", str(source))
+    assert result.exit_code == 0, result.output
+    assert "batch_1 validating (3 requests)" in result.stdout
+
+
+def test_submit_refuses_lines_that_are_not_objects_and_empty_files(
+    api: FakeApi, invoke: Invoke, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"custom_id": "a"}\n\n[1, 2]\n')
+    result = invoke("submit", str(source))
     assert result.exit_code == 2
-    assert "inline batches take at most 2 (MAX_INLINE_ITEMS)" in " ".join(result.output.split())
+    assert f"error: {source}:3: expected a JSON object, got list" in result.output
+    source.write_text("\n\n")
+    result = invoke("submit", str(source))
+    assert result.exit_code == 2 and "the file has no request lines" in result.output
+    result = invoke("submit", str(source), "--metadata", "novalue")
+    assert result.exit_code == 2 and "--metadata takes KEY=VALUE, got 'novalue'" in result.output
     assert api.requests == []
 
 
@@ -196,6 +360,25 @@ def test_list_prints_ids_unwrapped(invoke: Invoke) -> None:
     result = invoke("list")
     assert result.exit_code == 0 and "batch_1" in result.stdout
     assert json.loads(invoke("--json", "list").stdout)[0]["id"] == "batch_1"
+
+
+def test_list_filters_by_status_and_metadata_and_shows_metadata(
+    api: FakeApi, invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(BATCH, "metadata", {"project": "demo", "run": "7"})
+    result = invoke(
+        "list", "--status", "completed", "--metadata", "project=demo", "--metadata", "run=7"
+    )
+    assert result.exit_code == 0, result.output
+    assert "project=demo, run=7" in result.stdout
+    assert dict(api.requests[0].url.params) == {
+        "limit": "20",
+        "status": "completed",
+        "metadata[project]": "demo",
+        "metadata[run]": "7",
+    }
+    assert invoke("list").exit_code == 0
+    assert dict(api.requests[1].url.params) == {"limit": "20"}
 
 
 def test_api_errors_become_one_line(
