@@ -15,7 +15,7 @@ from typing import IO, Any
 import httpx
 
 from kernel.config import Settings, SettingsError, load_settings
-from kernel.keys import file_key
+from kernel.keys import file_key, idempotent_id
 
 URL_VARIABLES = ("LLM_BATCH_URL",)
 KEY_VARIABLES = ("LLM_BATCH_API_KEY", "API_KEY")
@@ -259,6 +259,15 @@ class Api:
             )
         result["lines"] = reader.lines
         return result
+
+    def batch_for_key(self, idempotency_key: str) -> dict[str, Any] | None:
+        """The batch an earlier submit with this Idempotency-Key started, or None."""
+        try:
+            return self.batch(idempotent_id("batch", idempotency_key))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def delete_file(self, file_id: str) -> None:
         self.request("DELETE", f"/v1/files/{file_id}")

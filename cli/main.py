@@ -384,17 +384,19 @@ def submit(
         body["shard_size"] = shard_size
     if completion_window is not None:
         body["completion_window"] = completion_window
-    uploaded = upload_file(file)
-    try:
-        batch = state.api.submit_file(uploaded["id"], body, idempotency_key)
-    except ApiError:
-        # No batch reads the upload: remove it (best effort), then report the API's error.
-        try:
-            state.api.delete_file(uploaded["id"])
-        except (ApiError, ApiUnreachable):
-            pass
-        raise
-    lines = uploaded["lines"]
+    existing = state.api.batch_for_key(idempotency_key) if idempotency_key else None
+    if existing is not None:
+        # A retry of a submit that reached the API: its batch, without sending the file again.
+        if not state.json:
+            err.print(
+                f"{existing['id']} was already submitted with this idempotency key; "
+                "nothing uploaded",
+                markup=False,
+                soft_wrap=True,
+            )
+        batch, lines = existing, (existing.get("request_counts") or {}).get("total", 0)
+    else:
+        batch, lines = submit_upload(file, body, idempotency_key)
     if not watch:
         if state.json:
             _emit_json(batch)
@@ -405,6 +407,25 @@ def submit(
     if not state.json:
         err.print(f"submitted {batch['id']} ({lines} requests)")
     finish(watch_batch(batch["id"]))
+
+
+def submit_upload(
+    file: Path, body: dict[str, Any], idempotency_key: str | None
+) -> tuple[dict[str, Any], int]:
+    """Uploads the file and starts a batch reading it: (batch, request lines)."""
+    uploaded = upload_file(file)
+    try:
+        batch = state.api.submit_file(uploaded["id"], body, idempotency_key)
+    except ApiError as exc:
+        # Refused (4xx): no batch reads the upload, so remove it (best effort). After a 5xx
+        # a batch may have started on it: keep it.
+        if 400 <= exc.status < 500:
+            try:
+                state.api.delete_file(uploaded["id"])
+            except (ApiError, ApiUnreachable):
+                pass
+        raise
+    return batch, int(uploaded["lines"])
 
 
 @app.command()

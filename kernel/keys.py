@@ -19,6 +19,7 @@ error objects under ids made from the batch id, with nothing copied:
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import Callable, Iterable
@@ -173,3 +174,10 @@ BOXES_PREFIX = "boxes/"
 def box_key(box: str) -> str:
     """The box record's key; a '/' in the box name would make a folder of it."""
     return f"{BOXES_PREFIX}{box.replace('/', '_')}.json"
+
+
+def idempotent_id(prefix: str, idempotency_key: str) -> str:
+    """The id (`batch_<hex>`, `proc_<hex>`) an Idempotency-Key stands for: a retry gets the
+    same one, so a client can look its batch up before sending the input again."""
+    digest = hashlib.sha256(idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{prefix}_{digest[:32]}"

@@ -17,8 +17,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import cli.main as main
+from app.services.batches import idempotent_id as api_idempotent_id
 from cli.client import Api, Target, default_url, resolve
 from kernel.config import Settings
+from kernel.keys import idempotent_id
 
 BATCH = {
     "id": "batch_1",
@@ -89,6 +91,7 @@ class FakeApi:
         self.uploads: list[Upload] = []
         self.deleted: list[str] = []
         self.refuse_batch = False
+        self.others: dict[str, dict[str, Any]] = {}  # more batches, by id
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -108,6 +111,8 @@ class FakeApi:
                 error = {"code": 400, "type": "invalid_request", "message": "bad shard_size"}
                 return httpx.Response(400, json={"error": error})
             return httpx.Response(202, json={**BATCH, "status": "validating"})
+        if path.removeprefix("/batch/") in self.others:
+            return httpx.Response(200, json=self.others[path.removeprefix("/batch/")])
         if path == "/batch/batch_1":
             status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
             return httpx.Response(200, json={**BATCH, "status": status})
@@ -215,7 +220,8 @@ def test_submit_uploads_the_file_then_posts_the_batch_with_its_options(
     assert "batch_1 validating (2 requests)" in result.stdout
     assert f"uploaded in.jsonl: 2 lines, 69 B (100%) as {FILE_ID}" in result.stderr
     assert "follow it with: llm-batch watch batch_1" in result.stderr
-    upload, create = api.requests
+    lookup, upload, create = api.requests
+    assert lookup.url.path == "/batch/" + idempotent_id("batch", "nightly-2026-12-03")
     assert (upload.method, upload.url.path) == ("POST", "/v1/files")
     assert b'name="purpose"\r\n\r\nbatch\r\n' in api.uploads[0].form
     assert b'filename="in.jsonl"' in api.uploads[0].form
@@ -231,6 +237,22 @@ def test_submit_uploads_the_file_then_posts_the_batch_with_its_options(
         "shard_size": 7,
         "completion_window": "24h",
     }
+
+
+def test_submit_again_with_the_same_idempotency_key_uploads_nothing(
+    api: FakeApi, invoke: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch_id = idempotent_id("batch", "k-1")
+    assert batch_id == api_idempotent_id("batch", "k-1")  # the id the API gives that key
+    monkeypatch.setitem(BATCH, "id", batch_id)
+    api.others[batch_id] = {**BATCH, "status": "in_progress"}
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"custom_id": "a", "prompt": "x"}\n')
+    result = invoke("submit", str(source), "--idempotency-key", "k-1")
+    assert result.exit_code == 0, result.output
+    assert f"{batch_id} in_progress (10 requests)" in result.stdout
+    assert "already submitted with this idempotency key; nothing uploaded" in result.stderr
+    assert api.uploads == []
 
 
 def test_submit_streams_a_large_file_in_bounded_memory(
