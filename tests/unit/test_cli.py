@@ -90,7 +90,7 @@ class FakeApi:
         self.statuses: list[str] = ["completed"]
         self.uploads: list[Upload] = []
         self.deleted: list[str] = []
-        self.refuse_batch = False
+        self.refuse_batch = 0  # an HTTP status to refuse POST /batch with
         self.others: dict[str, dict[str, Any]] = {}  # more batches, by id
 
     def handler(self, request: httpx.Request) -> httpx.Response:
@@ -108,8 +108,9 @@ class FakeApi:
             return httpx.Response(200, json={"id": FILE_ID, "deleted": True})
         if path == "/batch" and request.method == "POST":
             if self.refuse_batch:
-                error = {"code": 400, "type": "invalid_request", "message": "bad shard_size"}
-                return httpx.Response(400, json={"error": error})
+                code = self.refuse_batch
+                error = {"code": code, "type": "invalid_request", "message": "bad shard_size"}
+                return httpx.Response(code, json={"error": error})
             return httpx.Response(202, json={**BATCH, "status": "validating"})
         if path.removeprefix("/batch/") in self.others:
             return httpx.Response(200, json=self.others[path.removeprefix("/batch/")])
@@ -307,12 +308,15 @@ def test_submit_shows_upload_progress_on_a_terminal(
 def test_submit_removes_the_upload_when_the_batch_is_refused(
     api: FakeApi, invoke: Invoke, tmp_path: Path
 ) -> None:
-    api.refuse_batch = True
+    api.refuse_batch = 400
     source = tmp_path / "in.jsonl"
     source.write_text('{"custom_id": "a", "prompt": "x"}\n')
     result = invoke("submit", str(source))
-    assert result.exit_code == 1
     assert "HTTP 400: bad shard_size" in str(result.exception)
+    assert api.deleted == [FILE_ID]
+    api.refuse_batch = 503  # a batch may have started on it: kept
+    result = invoke("submit", str(source))
+    assert "HTTP 503: bad shard_size" in str(result.exception)
     assert api.deleted == [FILE_ID]
 
 
