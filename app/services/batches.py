@@ -4,7 +4,6 @@ stream results from the bucket."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import heapq
 import json
 import logging
@@ -31,7 +30,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from app.core.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from app.services.pricing import gpu_price_per_hour
 from app.services.temporal import TemporalService, TemporalUnavailable
-from kernel import storage
+from kernel import keys, storage
 from kernel.config import Settings
 from kernel.endpoints import MAX_LINE_BYTES
 from kernel.inputs import BATCH_WORKFLOW, BatchInput
@@ -116,8 +115,7 @@ def idempotent_id(prefix: str, idempotency_key: str) -> str:
         raise InvalidRequest(
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
         )
-    digest = hashlib.sha256(idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{prefix}_{digest[:32]}"
+    return keys.idempotent_id(prefix, idempotency_key)
 
 
 def check_defaults(defaults: dict[str, Any]) -> None:
