@@ -51,6 +51,18 @@ def split_host_port(value: str) -> tuple[str, int]:
     return match["host"].strip("[]"), int(match["port"])
 
 
+def model_alias(model: str) -> str:
+    """The id llama-server serves LLAMA_MODEL under: a file's name without `.gguf`
+    (`models/tiny-llama.gguf` -> `tiny-llama`), a Hugging Face repo without its `:quant`
+    tag (`ggml-org/gemma-3-1b-it-GGUF:Q4_K_M` -> `ggml-org/gemma-3-1b-it-GGUF`)."""
+    if not model:
+        return "default"
+    if model.endswith(".gguf") or "/" not in model.strip("/") or model.startswith((".", "/")):
+        name = model.rstrip("/").rsplit("/", 1)[-1]
+        return name.removesuffix(".gguf") or "default"
+    return model.partition(":")[0]
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -115,6 +127,12 @@ class Settings(BaseSettings):
     LLAMA_URL: str = "http://127.0.0.1:8080"
     LLAMA_SERVER_BIN: str = "llama-server"
     LLAMA_MODEL: str = ""
+    # The one model id (llama-server --alias): the file's name without .gguf, or the -hf repo.
+    LLAMA_MODEL_ALIAS: str = ""
+    # llama-server --embeddings: one server answers chat, completions and embeddings.
+    LLAMA_EMBEDDINGS: bool = True
+    # --pooling for embeddings: mean for a chat model; "model" keeps the model's own.
+    LLAMA_POOLING: Literal["mean", "cls", "last", "none", "rank", "model"] = "mean"
     LLAMA_PARALLEL: Annotated[int, Field(ge=1, le=256)] = 4
     LLAMA_CTX_PER_SLOT: Annotated[int, Field(ge=128)] = 2048
     LLAMA_CACHE_RAM_MIB: Annotated[int, Field(ge=-1)] = 0
@@ -203,6 +221,8 @@ class Settings(BaseSettings):
     def _mode_defaults(self) -> Settings:
         if self.DEPLOY_MODE == "local" and not self.LLAMA_MODEL:
             self.LLAMA_MODEL = str(TINY_MODEL_PATH)
+        if not self.LLAMA_MODEL_ALIAS:
+            self.LLAMA_MODEL_ALIAS = model_alias(self.LLAMA_MODEL)
         if self.CPU_TASK_QUEUE == self.GPU_TASK_QUEUE:
             raise ValueError("CPU_TASK_QUEUE and GPU_TASK_QUEUE must differ")
         return self

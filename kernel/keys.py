@@ -2,7 +2,8 @@
 only.
 
 `batches/{id}/input.jsonl`, `shards/{n:06d}.jsonl`, `results/{n:06d}[.attemptK].jsonl`,
-`invalid.jsonl`, `output.jsonl`, `errors.jsonl`, `summary.json`; `files/{file id}`;
+`invalid.jsonl`, `output.jsonl`, `errors.jsonl`, `summary.json`, `deleted.json` (what was
+deleted, and when: the one object a deleted batch keeps); `files/{file id}`;
 `boxes/{BOX_NAME}.json`.
 
 The OpenAI-compatible Files API sees some of these objects as files (`file_key_for_id`,
@@ -101,6 +102,26 @@ def errors_key(batch_id: str) -> str:
 
 def summary_key(batch_id: str) -> str:
     return f"{batch_prefix(batch_id)}/summary.json"
+
+
+def deleted_key(batch_id: str) -> str:
+    """The record of a batch's deleted data (`DELETE /batch/{id}`, `DELETE /v1/files/{id}`
+    of its files): the API answers 410 for what it names."""
+    return f"{batch_prefix(batch_id)}/deleted.json"
+
+
+def batch_objects_prefix(batch_id: str) -> str:
+    """Prefix of every object of a batch (ends with '/')."""
+    return f"{batch_prefix(batch_id)}/"
+
+
+def batch_id_of_file(file_id: str) -> str | None:
+    """The batch whose input, output or error object a file id names; None for an uploaded
+    file or an id that names nothing."""
+    found = file_key_for_id(file_id)
+    if found is None or found[1] is None:
+        return None
+    return found[0].removeprefix(BATCHES_PREFIX).partition("/")[0]
 
 
 FILES_PREFIX = "files/"

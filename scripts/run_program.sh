@@ -110,6 +110,14 @@ run_llama() {
     --metrics
     --cache-ram "${LLAMA_CACHE_RAM_MIB:-0}"
   )
+  # One model id everywhere: /v1/models, the answers and the batch objects.
+  [[ -z "${LLAMA_MODEL_ALIAS:-}" ]] || args+=(--alias "$LLAMA_MODEL_ALIAS")
+  # One server for chat, completions and embeddings (a chat model needs a pooling for the
+  # last; "model" keeps the model's own, e.g. cls for a BERT embedding model).
+  if [[ "${LLAMA_EMBEDDINGS:-true}" == "true" ]]; then
+    args+=(--embeddings)
+    [[ "${LLAMA_POOLING:-mean}" == "model" ]] || args+=(--pooling "${LLAMA_POOLING:-mean}")
+  fi
   exec "$binary" "${args[@]}" "${extra[@]}"
 }
 

@@ -19,7 +19,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         Path(tmp_path_factory.mktemp("stack")),
         WORKER_IDLE_EXIT_SECONDS=TEST_WORKER_IDLE_SECONDS,
         LLAMA_CTX_PER_SLOT="512",
-        LLAMA_EXTRA_ARGS="--embeddings --pooling mean",
         MAX_REQUEST_BYTES="2000000",
     )
     try:

@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from kernel.endpoints import EMBEDDINGS_OFF_CODE, EMBEDDINGS_OFF_MESSAGE
 from workers.health import CHECK_TIMEOUT_SECONDS, PROBE_TIMEOUT_SECONDS, LlamaHealth
 
 logger = logging.getLogger(__name__)
@@ -299,4 +300,6 @@ class LlamaClient:
             "code": f"llama_http_{answer.status}",
             "message": _error_message(payload, answer.status),
         }
+        if answer.status == 501 and url.rstrip("/").endswith("/embeddings"):
+            error = {"code": EMBEDDINGS_OFF_CODE, "message": EMBEDDINGS_OFF_MESSAGE}
         return output_line(custom_id, answer.status, payload, request_id, error)

@@ -195,3 +195,17 @@ class QueuesReport(BaseModel):
     boxes_error: str | None = Field(
         default=None, description="Why the box records could not be read (S3 down)."
     )
+
+
+class BatchDeleted(BaseModel):
+    """`DELETE /batch/{id}`: what was removed, and the input kept (not the batch's own)."""
+
+    id: str
+    object: str = "batch.deleted"
+    deleted: bool = True
+    objects_removed: int
+    bytes_removed: int
+    input_kept: str | None = Field(
+        None, description="an input object the batch did not stage (kept: the user's)"
+    )
+    input_file_kept: str | None = Field(None, description="its file id, when it is a file")

@@ -46,6 +46,11 @@ class Conflict(AppError):
     error_type = "conflict_error"
 
 
+class Gone(AppError):
+    status_code = 410
+    error_type = "gone_error"
+
+
 class Unauthorized(AppError):
     status_code = 401
     error_type = "authentication_error"

@@ -27,14 +27,22 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.core.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from app.core.errors import Conflict, Gone, InvalidRequest, NotFound, ServiceUnavailable
+from app.services.deleted import deleted_kinds, deleted_message, record_deleted
 from app.services.pricing import gpu_price_per_hour
 from app.services.temporal import TemporalService, TemporalUnavailable
 from kernel import keys, storage
 from kernel.config import Settings
 from kernel.endpoints import MAX_LINE_BYTES
 from kernel.inputs import BATCH_WORKFLOW, BatchInput
-from kernel.keys import errors_key, input_key, output_key
+from kernel.keys import (
+    batch_objects_prefix,
+    deleted_key,
+    errors_key,
+    file_id_for_key,
+    input_key,
+    output_key,
+)
 from kernel.lifecycle import BatchState, completion_window_seconds, is_final, timestamp_field
 from kernel.lines import LineError, check_json_value
 from kernel.results import ShardResults
@@ -423,6 +431,13 @@ class BatchService:
         that claims to be whole (the merge may be waiting for S3, or a failed batch never
         reached it)."""
         batch = await self.get(batch_id)
+        try:
+            record = await asyncio.to_thread(deleted_kinds, self.s3, self.bucket, batch_id)
+        except storage.S3_FAILURES as exc:
+            raise ServiceUnavailable(f"S3 is not answering: {exc}") from exc
+        gone = deleted_message(batch_id, "errors" if errors else "output", record)
+        if gone is not None:
+            raise Gone(gone)
         if batch.is_terminal:
             key = errors_key(batch_id) if errors else output_key(batch_id)
             try:
@@ -433,3 +448,50 @@ class BatchService:
             else:
                 return batch, merged, False
         return batch, self._stream_partial(batch, successes=not errors), True
+
+    # Deletion --------------------------------------------------------------------------
+
+    def _remove_data(self, batch_id: str) -> tuple[int, int]:
+        """Records the deletion, then removes every object of the batch but that record:
+        (objects, bytes) removed. The record comes first, so the results routes answer 410
+        even while (or if a failure stops) the removal; a repeated call removes the rest."""
+        record_deleted(self.s3, self.bucket, batch_id, ["batch"])
+        objects = size = 0
+        keep = deleted_key(batch_id)
+        for obj in storage.list_objects(self.s3, self.bucket, batch_objects_prefix(batch_id)):
+            if obj.object_name == keep:
+                continue
+            storage.remove(self.s3, self.bucket, obj.object_name or "")
+            objects += 1
+            size += obj.size or 0
+        return objects, size
+
+    async def delete(self, batch_id: str) -> dict[str, Any]:
+        """Removes a finished batch's objects (input staged for it, shards, results, output,
+        errors, summary; so its OpenAI file views too). A running batch is refused (409).
+        Kept: an input it did not stage (an uploaded file, an `input_key` object: the
+        user's, perhaps the input of other batches too) and Temporal's history."""
+        _, description = await self._describe(batch_id)
+        batch = await self._read(description, batch_id)
+        if not is_final(batch.status):
+            raise Conflict(
+                f"batch {batch_id} is {batch.status}: cancel it first "
+                f"(POST /batch/{batch_id}/cancel) and delete it once it is cancelled"
+            )
+        try:
+            objects, size = await asyncio.to_thread(self._remove_data, batch_id)
+        except storage.S3_FAILURES as exc:
+            raise ServiceUnavailable(f"S3 error while deleting: {exc}; retry the delete") from exc
+        kept = batch.input_key
+        if kept and kept.startswith(batch_objects_prefix(batch_id)):
+            kept = None
+        logger.info("batch %s: data deleted (%d objects, %d bytes)", batch_id, objects, size)
+        return {
+            "id": batch_id,
+            "object": "batch.deleted",
+            "deleted": True,
+            "objects_removed": objects,
+            "bytes_removed": size,
+            "input_kept": kept,
+            "input_file_kept": file_id_for_key(kept) if kept else None,
+        }

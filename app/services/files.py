@@ -26,12 +26,14 @@ from minio import Minio
 from minio.error import S3Error
 
 from app.core.errors import InvalidRequest, NotFound, ServiceUnavailable
+from app.services.deleted import DeletedKind, record_deleted
 from kernel import storage
 from kernel.config import Settings
 from kernel.endpoints import MAX_LINE_BYTES
 from kernel.keys import (
     BATCHES_PREFIX,
     FILES_PREFIX,
+    batch_id_of_file,
     file_id_for_key,
     file_key,
     file_key_for_id,
@@ -172,7 +174,8 @@ class FileService:
     def _stat(self, file_id: str) -> StoredFile:
         key, purpose = _key_and_purpose(file_id)
         stat = storage.stat(self.s3, self.bucket, key)
-        if stat is None:
+        if stat is None or not stat.size and purpose == "batch_output":
+            # A batch's empty output or error file is no file: the batch names none.
             raise NotFound(f"No such File object: {file_id}", param="file_id")
         meta = {k.lower(): v for k, v in (stat.metadata or {}).items()}
         filename = unquote(meta.get(f"x-amz-meta-{_META_FILENAME}", "")) or key.rsplit("/", 1)[-1]
@@ -204,6 +207,8 @@ class FileService:
             kind: FilePurpose = "batch" if file_id.endswith("-input") else "batch_output"
             if purpose not in (None, kind):
                 continue
+            if kind == "batch_output" and not obj.size:
+                continue  # no lines: the batch's output_file_id / error_file_id is null
             files.append(
                 StoredFile(
                     id=file_id,
@@ -235,9 +240,22 @@ class FileService:
         stored = await self.get(file_id)
         return stored, await self._s3(storage.stream_object, self.s3, self.bucket, stored.key)
 
+    def _remove(self, file_id: str, key: str) -> None:
+        batch_id = batch_id_of_file(file_id)
+        if batch_id is not None:  # its results routes stop serving these lines too
+            kind: DeletedKind = "input"
+            if file_id.endswith("-output"):
+                kind = "output"
+            elif file_id.endswith("-errors"):
+                kind = "errors"
+            record_deleted(self.s3, self.bucket, batch_id, [kind])
+        storage.remove(self.s3, self.bucket, key)
+
     async def delete(self, file_id: str) -> StoredFile:
+        """Removes the file. A batch's output or error file is also no longer served by
+        `GET /batch/{id}/results` / `/errors` (410); see `app.services.deleted`."""
         stored = await self.get(file_id)
-        await self._s3(storage.remove, self.s3, self.bucket, stored.key)
+        await self._s3(self._remove, file_id, stored.key)
         logger.info("file %s deleted (%s)", file_id, stored.key)
         return stored
 

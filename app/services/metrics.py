@@ -7,10 +7,12 @@ Two kinds, in one registry per API process:
 * Gathered at scrape time from Temporal: batches by status (every state of
   `kernel.lifecycle` a label, read from each batch's published status, so a budget stop
   counts as `cancelled` and an expiry as `expired`), backlog and live pollers per task
-  queue, and the batches' requests, tokens and GPU seconds. Those totals are counters
-  fed by the growth of each batch's published counts between scrapes (running batches, and
-  batches closed since the previous scrape), so they start at zero with the API process
-  and Prometheus' `rate()` and `increase()` work on them across restarts.
+  queue, and the batches' requests, tokens and GPU seconds. Those totals are counters:
+  the first scrape of an API process starts them from the totals every batch in Temporal's
+  retention stored, then each scrape adds the growth of each batch's published counts
+  (running batches, and batches closed since the previous scrape). A restarted API thus
+  answers the same totals as before it, and Prometheus' `rate()` and `increase()` see no
+  jump.
 
 Shard durations come from the GPU worker's own Temporal SDK metrics
 (`temporal_activity_execution_latency_seconds{activity_type="run_shard"}` on
@@ -201,6 +203,9 @@ class Metrics:
                 batch = await self._read(execution)
                 if batch is not None and is_final(batch.status):
                     self._count_final(batch, execution.close_time, since)
+                    # The counters start from the batches' stored totals, so a restarted
+                    # API does not count only what finished after it.
+                    self._account(batch)
         running: dict[str, int] = dict.fromkeys((s for s in BATCH_STATES if not is_final(s)), 0)
         total = done = 0
         current: set[str] = set()

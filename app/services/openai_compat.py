@@ -7,14 +7,14 @@ import logging
 from typing import Any
 
 from app.api.openai_schemas import OpenAIBatch
-from app.core.errors import AppError, InvalidRequest
+from app.core.errors import AppError, Conflict, InvalidRequest, NotFound
 from app.services.batches import BatchService
-from app.services.files import FileService
+from app.services.files import FileService, StoredFile
 from app.services.llama import LlamaProbe, LlamaUnavailable
 from app.services.process import ProcessService
 from kernel.config import Settings
-from kernel.endpoints import ENDPOINTS
-from kernel.keys import batch_file_id, file_id_for_key
+from kernel.endpoints import EMBEDDINGS_OFF_CODE, EMBEDDINGS_OFF_MESSAGE, ENDPOINTS
+from kernel.keys import batch_file_id, batch_id_of_file, file_id_for_key
 from kernel.lines import LineError, normalize_request
 from kernel.view import BatchView
 
@@ -40,8 +40,8 @@ class StillRunning(AppError):
 
 
 def served_model_name(settings: Settings) -> str:
-    """The model's id as llama-server reports it by default: LLAMA_MODEL as given."""
-    return settings.LLAMA_MODEL or "default"
+    """The model's one id: llama-server runs with `--alias LLAMA_MODEL_ALIAS`."""
+    return settings.LLAMA_MODEL_ALIAS or "default"
 
 
 def openai_batch(batch: BatchView, model: str | None = None) -> OpenAIBatch:
@@ -141,6 +141,24 @@ class OpenAIService:
     async def cancel_batch(self, batch_id: str) -> OpenAIBatch:
         return openai_batch(await self.batches.cancel(batch_id), self.model)
 
+    # Files -----------------------------------------------------------------------------
+
+    async def delete_file(self, file_id: str) -> StoredFile:
+        """Deletes a file; a batch's own file only once the batch is over (409 before)."""
+        batch_id = batch_id_of_file(file_id)
+        if batch_id is not None:
+            try:
+                batch = await self.batches.get(batch_id)
+            except NotFound:
+                batch = None
+            if batch is not None and not batch.is_terminal:
+                raise Conflict(
+                    f"file {file_id} belongs to batch {batch_id}, which is {batch.status}: "
+                    f"cancel it first (POST /v1/batches/{batch_id}/cancel)",
+                    param="file_id",
+                )
+        return await self.files.delete(file_id)
+
     # Synchronous requests --------------------------------------------------------------
 
     async def run(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -152,6 +170,8 @@ class OpenAIService:
                 param="stream",
                 code="unsupported_value",
             )
+        if endpoint == "/v1/embeddings" and not self.settings.LLAMA_EMBEDDINGS:
+            raise InvalidRequest(EMBEDDINGS_OFF_MESSAGE, code=EMBEDDINGS_OFF_CODE)
         try:
             request = normalize_request({"custom_id": "v1", "url": endpoint, "body": body})
         except LineError as exc:
@@ -172,6 +192,8 @@ class OpenAIService:
             answer: dict[str, Any] = response["body"]
             return answer
         error = result["output"].get("error") or {}
+        if error.get("code") == EMBEDDINGS_OFF_CODE:  # another box's llama-server
+            raise InvalidRequest(EMBEDDINGS_OFF_MESSAGE, code=EMBEDDINGS_OFF_CODE)
         raise UpstreamError(status_code, str(error.get("message") or f"HTTP {status_code}"))
 
     # Models ----------------------------------------------------------------------------

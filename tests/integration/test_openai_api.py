@@ -192,7 +192,7 @@ def test_list_batches_with_pagination(client: OpenAI, stack: Stack) -> None:
 
 def test_synchronous_chat_completion_and_models(client: OpenAI) -> None:
     models = client.models.list().data
-    assert len(models) == 1 and models[0].id.endswith("tiny-llama.gguf")
+    assert len(models) == 1 and models[0].id == "tiny-llama"  # LLAMA_MODEL_ALIAS
     assert client.models.retrieve(models[0].id).id == models[0].id
     answer = client.chat.completions.create(
         model=models[0].id,
@@ -271,3 +271,45 @@ def test_errors(client: OpenAI, stack: Stack) -> None:
     )
     assert raw.status_code == 400
     assert set(raw.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_deleted_batch_data_is_served_nowhere(client: OpenAI, stack: Stack) -> None:
+    """A batch with no failed line lists no error file; deleting its output file stops
+    /results; DELETE /batch refuses a running batch and removes every file of a done one."""
+    file_id = upload(client, request_lines(6, "del"))
+    slow = client.batches.create(
+        input_file_id=upload(client, request_lines(400, "slow", max_tokens=32)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    refused = stack.http.delete(f"/batch/{slow.id}")
+    assert refused.status_code == 409 and "cancel it first" in refused.text
+    client.batches.cancel(slow.id)
+
+    batch = client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = wait(client, batch.id, lambda b: b.status in OVER, stack)
+    assert done.status == "completed" and done.error_file_id is None
+    assert done.output_file_id is not None and done.model == "tiny-llama"
+    listed = {f.id for f in client.files.list()}
+    assert done.output_file_id in listed
+    assert f"file-{batch.id}-errors" not in listed  # no error file the batch does not name
+    assert len(read(client, done.output_file_id)) == 6
+    assert all(
+        line["response"]["body"]["model"] == "tiny-llama"
+        for line in read(client, done.output_file_id)
+    )
+
+    assert client.files.delete(done.output_file_id).deleted
+    gone = stack.http.get(f"/batch/{batch.id}/results")
+    assert gone.status_code == 410 and "deleted" in gone.text
+
+    wait(client, slow.id, lambda b: b.status in OVER, stack)
+    deleted = stack.http.delete(f"/batch/{slow.id}")
+    assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+    assert deleted.json()["input_file_kept"] == slow.input_file_id
+    listed = {f.id for f in client.files.list()}
+    assert not any(slow.id in name for name in listed)
+    assert stack.http.get(f"/batch/{slow.id}/errors").status_code == 410
+    assert stack.http.get(f"/batch/{slow.id}").status_code == 200  # Temporal's history stays

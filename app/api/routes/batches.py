@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import BatchesDep, IdempotencyKey, WorkersDep
-from app.api.schemas import BatchCreate, BatchCreated, BatchList
+from app.api.schemas import BatchCreate, BatchCreated, BatchDeleted, BatchList
 from kernel.view import BatchView
 
 router = APIRouter(tags=["batches"])
@@ -107,6 +107,18 @@ async def list_batches(
 )
 async def cancel_batch(batch_id: str, batches: BatchesDep) -> BatchView:
     return await batches.cancel(batch_id)
+
+
+@router.delete(
+    "/batch/{batch_id}",
+    response_model=BatchDeleted,
+    summary="Delete a finished batch's data (409 while it runs)",
+    responses={
+        409: {"description": "the batch is still running: cancel it first"},
+    },
+)
+async def delete_batch(batch_id: str, batches: BatchesDep) -> BatchDeleted:
+    return BatchDeleted(**await batches.delete(batch_id))
 
 
 _JSONL_RESPONSE: dict[int | str, dict[str, Any]] = {

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import FilesDep
+from app.api.deps import FilesDep, OpenAIDep
 from app.api.openai_schemas import OpenAIFile, OpenAIFileDeleted, OpenAIFileList
 
 router = APIRouter(prefix="/v1", tags=["OpenAI: files"])
@@ -69,6 +69,6 @@ async def file_content(file_id: str, files: FilesDep) -> StreamingResponse:
 
 
 @router.delete("/files/{file_id}", response_model=OpenAIFileDeleted, summary="Delete a file")
-async def delete_file(file_id: str, files: FilesDep) -> OpenAIFileDeleted:
-    stored = await files.delete(file_id)
+async def delete_file(file_id: str, openai: OpenAIDep) -> OpenAIFileDeleted:
+    stored = await openai.delete_file(file_id)
     return OpenAIFileDeleted(id=stored.id)
