@@ -35,6 +35,11 @@ class ApiUnreachable(Exception):
     """No HTTP answer from the API at all."""
 
 
+class SettingsInvalid(Exception):
+    """`.env` (or the environment) has a value the settings check refuses; the message is
+    that check's one line."""
+
+
 class ApiError(Exception):
     """The API answered with an error; the message is its own."""
 
@@ -124,13 +129,14 @@ def check_jsonl_file(path: Path, on_progress: UploadProgress | None = None) -> i
     return reader.lines
 
 
-def _settings() -> Settings | None:
-    """The project's settings from ./.env when there is one, else the project's .env."""
+def _settings() -> Settings:
+    """The project's settings from ./.env when there is one, else the project's .env;
+    SettingsInvalid when a value is refused (never a silent default address)."""
     local = Path.cwd() / ".env"
     try:
         return load_settings(local if local.is_file() else None)
-    except SettingsError:
-        return None
+    except SettingsError as exc:
+        raise SettingsInvalid(f"invalid setting {exc}") from None
 
 
 def default_url(settings: Settings | None) -> str:
@@ -151,9 +157,19 @@ class Target:
 
 def resolve(url: str | None, key: str | None) -> Target:
     """Flags win, then the environment (LLM_BATCH_URL, LLM_BATCH_API_KEY or API_KEY), then
-    `.env` (API_HOST/API_PORT, or TUNNEL_API_PORT when VAST_HOST is set; API_KEY)."""
-    settings = _settings()
+    `.env` (API_HOST/API_PORT, or TUNNEL_API_PORT when VAST_HOST is set; API_KEY).
+
+    A value of `.env` the settings check refuses is an error (SettingsInvalid) when the
+    address would come from it: falling back to a default address could reach another
+    stack on the machine. With the address from a flag or LLM_BATCH_URL it is ignored."""
     env_url = next((os.environ[v] for v in URL_VARIABLES if os.environ.get(v)), None)
+    settings: Settings | None
+    try:
+        settings = _settings()
+    except SettingsInvalid:
+        if not (url or env_url):
+            raise
+        settings = None
     env_key = next((os.environ[v] for v in KEY_VARIABLES if os.environ.get(v)), None)
     file_key = settings.API_KEY.get_secret_value() if settings and settings.API_KEY else None
     return Target(

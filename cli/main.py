@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,12 +30,14 @@ from rich.progress import (
 )
 from rich.table import Column, Table
 from rich.text import Text
+from typer._click import exceptions as usage  # typer 0.29 vendors click
 
 from cli.client import (
     Api,
     ApiError,
     ApiUnreachable,
     InputLineError,
+    SettingsInvalid,
     check_jsonl_file,
     resolve,
 )
@@ -42,9 +45,58 @@ from kernel import lifecycle
 from kernel.lifecycle import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
 
 POLL_SECONDS = 1.0
+PROG = "llm-batch"
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage errors as one line (`llm-batch: error: ...; see llm-batch --help`, exit 2)
+    instead of click's multi-line box, and a refused `.env` value as the settings check's
+    line; no arguments still print the help."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        call = (args, prog_name, complete_var, False, windows_expand_args)
+        if not standalone_mode:
+            return super().main(*call, **extra)
+        try:
+            code = super().main(*call, **extra)
+        except usage.NoArgsIsHelpError as exc:  # the help is already printed
+            sys.exit(exc.exit_code)
+        except usage.ClickException as exc:
+            sys.stderr.write(one_line_error(exc) + "\n")
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.stderr.write(f"{PROG}: aborted\n")
+            sys.exit(1)
+        except SettingsInvalid as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            sys.exit(EXIT_USAGE)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def one_line_error(exc: usage.ClickException) -> str:
+    """`llm-batch: error: MESSAGE; see llm-batch [COMMAND] --help` on one line."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    if not isinstance(exc, usage.UsageError):
+        return f"{PROG}: error: {message}"
+    names: list[str] = []
+    ctx = exc.ctx
+    while ctx is not None and ctx.parent is not None:  # the root is named PROG, however run
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return f"{PROG}: error: {message}; see {' '.join([PROG, *names])} --help"
+
 
 app = typer.Typer(
     name="llm-batch",
+    cls=OneLineErrors,
     help="Submit, watch and fetch LLM batches over the API (URL and key from flags, "
     "LLM_BATCH_URL / LLM_BATCH_API_KEY, or .env).",
     no_args_is_help=True,

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.schemas import Metadata
 from kernel.lifecycle import BatchState
 
 # Files --------------------------------------------------------------------------------------
@@ -66,7 +67,7 @@ class OpenAIBatchCreate(BaseModel):
         description="'24h' as at OpenAI, or any '<N>s', '<N>m', '<N>h' (at most 720h). A "
         "batch not finished by then ends 'expired' with what finished in its output file.",
     )
-    metadata: Annotated[dict[str, str], Field(max_length=16)] | None = None
+    metadata: Metadata | None = None
 
 
 class OpenAIBatchErrorItem(BaseModel):

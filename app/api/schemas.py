@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from kernel.endpoints import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS
 from kernel.supervisor import StartOutcome
@@ -12,6 +12,39 @@ from kernel.view import BatchView
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
 assert set(Endpoint.__args__) == {CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS}  # type: ignore[attr-defined]
+
+# OpenAI's limits on a batch's metadata.
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+
+
+def check_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """At most 16 pairs, keys of at most 64 characters, values of at most 512 (OpenAI's)."""
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise ValueError(f"has {len(metadata)} pairs; at most {MAX_METADATA_PAIRS} are allowed")
+    for key, value in metadata.items():
+        if not key:
+            raise ValueError("keys must not be empty")
+        if len(key) > MAX_METADATA_KEY:
+            raise ValueError(
+                f"key {key[:20]!r}... is {len(key)} characters; at most {MAX_METADATA_KEY}"
+            )
+        if len(value) > MAX_METADATA_VALUE:
+            raise ValueError(
+                f"value of {key!r} is {len(value)} characters; at most {MAX_METADATA_VALUE}"
+            )
+    return metadata
+
+
+Metadata = Annotated[
+    dict[str, str],
+    AfterValidator(check_metadata),
+    Field(
+        description=f"Up to {MAX_METADATA_PAIRS} string pairs: keys of at most "
+        f"{MAX_METADATA_KEY} characters, values of at most {MAX_METADATA_VALUE}."
+    ),
+]
 
 
 class BatchCreate(BaseModel):
@@ -53,7 +86,7 @@ class BatchCreate(BaseModel):
     defaults: dict[str, Any] = Field(
         default_factory=dict, description="Merged into every request body (the line wins)."
     )
-    metadata: Annotated[dict[str, str], Field(max_length=16)] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     shard_size: int | None = Field(
         default=None, ge=1, le=100_000, description="Requests per shard (BATCH_SHARD_SIZE)."
     )
@@ -121,6 +154,9 @@ class BatchCreated(BatchView):
 class BatchList(BaseModel):
     object: Literal["list"] = "list"
     data: list[BatchView]
+    first_id: str | None = None
+    last_id: str | None = Field(default=None, description="Pass as `after` for the next page.")
+    has_more: bool = False
 
 
 class ProcessOutcome(BaseModel):

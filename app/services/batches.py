@@ -4,6 +4,7 @@ stream results from the bucket."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import json
 import logging
@@ -27,7 +28,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from app.core.errors import Conflict, Gone, InvalidRequest, NotFound, ServiceUnavailable
+from app.core.errors import AppError, Conflict, Gone, InvalidRequest, NotFound, ServiceUnavailable
 from app.services.deleted import deleted_kinds, deleted_message, record_deleted
 from app.services.pricing import gpu_price_per_hour
 from app.services.temporal import TemporalService, TemporalUnavailable
@@ -126,6 +127,27 @@ def idempotent_id(prefix: str, idempotency_key: str) -> str:
     return keys.idempotent_id(prefix, idempotency_key)
 
 
+class IdempotencyKeyReused(AppError):
+    """The IETF Idempotency-Key draft's answer to a key sent again with another body."""
+
+    status_code = 422
+    error_type = "idempotency_error"
+    openai_code = "idempotency_key_reused"
+
+
+# The memo entry holding the digest of the request a batch was started for.
+REQUEST_DIGEST = "request_digest"
+
+
+def request_digest(request: Mapping[str, Any]) -> str:
+    """A digest of what a submission asked for, to tell a retry from a key reused."""
+    try:
+        text = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
+    except (ValueError, RecursionError):
+        text = repr(request)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def check_defaults(defaults: dict[str, Any]) -> None:
     """`defaults` are merged into every line, so they must fit the per-line limit."""
     try:
@@ -189,11 +211,21 @@ class BatchService:
         if not found:
             raise InvalidRequest(f"input_key {key!r} does not exist in bucket {self.bucket!r}")
 
-    async def _existing(self, batch_id: str) -> BatchView | None:
+    async def _existing(self, batch_id: str, idempotency_key: str, digest: str) -> BatchView | None:
+        """The batch an Idempotency-Key started, when it exists and was started for the
+        same request; 422 when the key was sent before with another body."""
         try:
-            return await self.get(batch_id)
+            _, description = await self._describe(batch_id)
         except NotFound:
             return None
+        stored = (await description.memo()).get(REQUEST_DIGEST)
+        if stored is not None and stored != digest:  # batches from before have none
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {idempotency_key!r} was already used for batch {batch_id} "
+                "with a different request body; send a new key for a new batch",
+                param="Idempotency-Key",
+            )
+        return await self.get(batch_id)
 
     async def submit(
         self,
@@ -228,9 +260,21 @@ class BatchService:
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="completion_window") from None
         client = await temporal_client(self.temporal)
+        digest = request_digest(
+            {
+                "items": items,
+                "input_key": input_object,
+                "endpoint": endpoint,
+                "defaults": defaults,
+                "metadata": metadata,
+                "shard_size": shard_size,
+                "max_cost_usd": max_cost_usd,
+                "completion_window": completion_window,
+            }
+        )
         if idempotency_key is not None:
             batch_id = idempotent_id("batch", idempotency_key)
-            existing = await self._existing(batch_id)
+            existing = await self._existing(batch_id, idempotency_key, digest)
             if existing is not None:
                 logger.info("batch %s: returned again for its Idempotency-Key", batch_id)
                 return existing
@@ -288,7 +332,7 @@ class BatchService:
                 params,
                 id=batch_id,
                 task_queue=self.settings.CPU_TASK_QUEUE,
-                memo=batch.memo(),
+                memo={**batch.memo(), REQUEST_DIGEST: digest},
                 # A concurrent retry with the same key joins the batch already running.
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -296,14 +340,20 @@ class BatchService:
             )
         except WorkflowAlreadyStartedError:
             # Same key, batch already closed: the client gets that batch back.
+            if idempotency_key is not None:
+                existing = await self._existing(batch_id, idempotency_key, digest)
+                if existing is not None:
+                    return existing
             return await self.get(batch_id)
         except RPCError as exc:
             if staged:  # no orphaned input: a retry stages it again
                 await asyncio.to_thread(self._unstage, key)
             raise ServiceUnavailable(f"could not start the batch workflow: {exc}") from exc
         logger.info("batch %s submitted (%s)", batch_id, key)
-        if idempotency_key is not None:
-            return await self.get(batch_id)  # the first request's batch if one raced us
+        if idempotency_key is not None:  # the first request's batch if one raced us
+            raced = await self._existing(batch_id, idempotency_key, digest)
+            if raced is not None:
+                return raced
         return BatchView.of(batch, time.time())
 
     # Status ----------------------------------------------------------------------------
@@ -339,7 +389,23 @@ class BatchService:
         return BatchView.of(batch, now)
 
     async def recent(self, limit: int) -> list[BatchView]:
-        """The `limit` batches created last, newest first.
+        """The `limit` batches created last, newest first."""
+        batches, _ = await self.listing(limit, probe_more=False)
+        return batches
+
+    async def listing(
+        self,
+        limit: int,
+        after: str | None = None,
+        statuses: frozenset[str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        probe_more: bool = True,
+    ) -> tuple[list[BatchView], bool]:
+        """(batches, has_more): the `limit` newest batches created before the batch `after`
+        (all when None) whose status is one of `statuses` and whose metadata holds every
+        pair of `metadata`, newest first. `probe_more=False` reads no further than the
+        page itself needs (has_more is then always False).
 
         Temporal's visibility store lists open workflows before closed ones and closed ones
         by close time, so neither order is creation order (a batch still validating from
@@ -348,10 +414,19 @@ class BatchService:
         earlier can be among the newest: a batch closes after it was created.
         """
         client = await temporal_client(self.temporal)
+        bound: tuple[int, float, str] | None = None
+        if after is not None:
+            bound = await self._cursor(after)
         base = f"WorkflowType = '{BATCH_WORKFLOW}'"
-        page_size = min(max(limit, 20), 1000)
-        newest: list[tuple[int, float, str]] = []  # min-heap of the `limit` newest keys
+        wanted = limit + 1 if probe_more else limit  # one more tells if a next page exists
+        page_size = min(max(wanted, 20), 1000)
+        newest: list[tuple[int, float, str]] = []  # min-heap of the `wanted` newest keys
         found: dict[tuple[int, float, str], BatchStatus] = {}
+
+        def matches(batch: BatchStatus) -> bool:
+            if statuses is not None and batch.status not in statuses:
+                return False
+            return all(batch.metadata.get(k) == v for k, v in (metadata or {}).items())
 
         async def add(execution: WorkflowExecution) -> None:
             batch = batch_status(
@@ -359,12 +434,21 @@ class BatchService:
             )
             started = execution.start_time.timestamp() if execution.start_time else 0.0
             key = (batch.created_at or int(started), started, execution.id)
+            if bound is not None and key >= bound:
+                return
             if key in found:  # listed twice: it closed between the two listings
-                found[key] = batch
+                if matches(batch):
+                    found[key] = batch
+                else:  # closed into a status the filter leaves out
+                    del found[key]
+                    newest.remove(key)
+                    heapq.heapify(newest)
+                return
+            if not matches(batch):
                 return
             found[key] = batch
             heapq.heappush(newest, key)
-            if len(newest) > limit:
+            if len(newest) > wanted:
                 del found[heapq.heappop(newest)]
 
         async for execution in client.list_workflows(
@@ -377,11 +461,23 @@ class BatchService:
             if execution.status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
                 continue  # an earlier run of a batch, listed again by its latest run
             closed = execution.close_time.timestamp() if execution.close_time else 0.0
-            if len(newest) >= limit and closed < newest[0][0]:
+            if len(newest) >= wanted and closed < newest[0][0]:
                 break  # this and every later one was created before the oldest kept
             await add(execution)
         now = time.time()
-        return [BatchView.of(found[key], now) for key in sorted(found, reverse=True)]
+        keys = sorted(found, reverse=True)
+        return [BatchView.of(found[key], now) for key in keys[:limit]], len(keys) > limit
+
+    async def _cursor(self, after: str) -> tuple[int, float, str]:
+        """The listing's sort key of the batch `after`: the next page starts below it."""
+        try:
+            _, description = await self._describe(after)
+        except NotFound:
+            raise InvalidRequest(f"after: no batch with id {after!r}", param="after") from None
+        memo = await description.memo()
+        started = description.start_time.timestamp() if description.start_time else 0.0
+        created = memo.get("created_at")
+        return (int(created) if created else int(started), started, after)
 
     async def page(self, limit: int, after: str | None = None) -> tuple[list[BatchView], bool]:
         """(batches, has_more): newest first, starting after the batch `after`."""

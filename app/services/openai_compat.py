@@ -113,6 +113,7 @@ class OpenAIService:
         endpoint: str,
         completion_window: str,
         metadata: dict[str, str] | None,
+        idempotency_key: str | None = None,
     ) -> OpenAIBatch:
         if endpoint not in ENDPOINTS:
             raise InvalidRequest(
@@ -128,6 +129,7 @@ class OpenAIService:
             defaults={},
             metadata=metadata or {},
             completion_window=completion_window,
+            idempotency_key=idempotency_key,
         )
         return openai_batch(batch, self.model)
 

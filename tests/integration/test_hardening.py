@@ -93,7 +93,8 @@ def test_a_retried_submit_with_the_same_idempotency_key_gets_the_same_batch(
     stack: Stack,
 ) -> None:
     key = {"Idempotency-Key": f"client-retry-{uuid.uuid4()}"}
-    body = {"items": batches.chat_items(3, prefix="idem", max_tokens=2)}
+    tag = uuid.uuid4().hex
+    body = {"items": batches.chat_items(3, prefix="idem", max_tokens=2), "metadata": {"t": tag}}
     first = stack.http.post("/batch", json=body, headers=key)
     again = stack.http.post("/batch", json=body, headers=key)
     assert first.status_code == again.status_code == 202, again.text
@@ -101,6 +102,14 @@ def test_a_retried_submit_with_the_same_idempotency_key_gets_the_same_batch(
     done = batches.wait_terminal(stack, first.json()["id"], timeout=120)
     late = stack.http.post("/batch", json=body, headers=key)  # after it finished
     assert late.json()["id"] == done["id"] and late.json()["status"] == "completed"
+    # The key with another body is a 422 naming it; nothing new starts.
+    changed = stack.http.post("/batch", json={**body, "metadata": {"t": "other"}}, headers=key)
+    assert changed.status_code == 422, changed.text
+    assert key["Idempotency-Key"] in changed.json()["error"]["message"]
+    # The listing finds it by status and metadata, and only it.
+    listed = stack.http.get("/batches", params={"status": "completed", "metadata[t]": tag})
+    assert [b["id"] for b in listed.json()["data"]] == [done["id"]], listed.text
+    assert listed.json()["has_more"] is False
     other = stack.http.post("/batch", json=body, headers={"Idempotency-Key": "another"})
     assert other.json()["id"] != done["id"]
 

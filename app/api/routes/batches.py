@@ -1,12 +1,15 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+import re
+from typing import Annotated, Any, get_args
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import BatchesDep, IdempotencyKey, WorkersDep
 from app.api.schemas import BatchCreate, BatchCreated, BatchDeleted, BatchList
+from app.core.errors import InvalidRequest
+from kernel.lifecycle import BatchState
 from kernel.view import BatchView
 
 router = APIRouter(tags=["batches"])
@@ -87,16 +90,81 @@ async def get_batch(batch_id: str, batches: BatchesDep) -> BatchView:
     return await batches.get(batch_id)
 
 
+_LIST_PARAMS = {"limit", "after", "status"}
+_METADATA_PARAM = re.compile(r"^metadata\[(?P<key>[^\[\]]+)\]$")
+_STATES = frozenset(get_args(BatchState))
+
+
+def _list_filters(request: Request) -> tuple[frozenset[str] | None, dict[str, str]]:
+    """(statuses, metadata pairs) of the query; a 400 naming any unknown parameter."""
+    unknown = sorted(
+        name
+        for name in request.query_params
+        if name not in _LIST_PARAMS and not _METADATA_PARAM.match(name)
+    )
+    if unknown:
+        raise InvalidRequest(
+            f"unknown query parameter(s): {', '.join(unknown)}; GET /batches takes limit, "
+            "after, status and metadata[KEY]",
+            param=unknown[0],
+        )
+    statuses = None
+    named = [s.strip() for v in request.query_params.getlist("status") for s in v.split(",")]
+    if named:
+        bad = sorted({s for s in named if s not in _STATES})
+        if bad:
+            raise InvalidRequest(
+                f"status: {', '.join(map(repr, bad))} is not a batch status; use one of "
+                f"{', '.join(sorted(_STATES))}",
+                param="status",
+            )
+        statuses = frozenset(named)
+    metadata: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        match = _METADATA_PARAM.match(name)
+        if match:
+            metadata[match["key"]] = value
+    return statuses, metadata
+
+
 @router.get(
     "/batches",
     response_model=BatchList,
-    summary="Recent batches, newest first",
-    responses=_example({"object": "list", "data": [_BATCH_EXAMPLE]}),
+    summary="Batches, newest first; filters and a cursor",
+    responses=_example(
+        {
+            "object": "list",
+            "data": [_BATCH_EXAMPLE],
+            "first_id": _BATCH_EXAMPLE["id"],
+            "last_id": _BATCH_EXAMPLE["id"],
+            "has_more": False,
+        }
+    ),
 )
 async def list_batches(
-    batches: BatchesDep, limit: Annotated[int, Query(ge=1, le=1000)] = 20
+    request: Request,
+    batches: BatchesDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    after: Annotated[
+        str | None, Query(description="A batch id (the last_id of a page): list the ones after it.")
+    ] = None,
+    status: Annotated[
+        str | None,
+        Query(description="Only batches in this status (comma-separated for several)."),
+    ] = None,
 ) -> BatchList:
-    return BatchList(data=await batches.recent(limit))
+    """Newest first by creation. `metadata[KEY]=VALUE` (repeatable) keeps only the batches
+    whose metadata has every such pair. Pass the page's `last_id` as `after` for the next
+    page while `has_more` is true."""
+    del status  # read with the metadata filters from the query itself
+    statuses, metadata = _list_filters(request)
+    data, has_more = await batches.listing(limit, after, statuses, metadata)
+    return BatchList(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=has_more,
+    )
 
 
 @router.post(

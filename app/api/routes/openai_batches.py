@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import OpenAIDep, WorkersDep
+from app.api.deps import IdempotencyKey, OpenAIDep, WorkersDep
 from app.api.openai_schemas import OpenAIBatch, OpenAIBatchCreate, OpenAIBatchList
 
 router = APIRouter(prefix="/v1", tags=["OpenAI: batches"])
@@ -14,10 +14,13 @@ router = APIRouter(prefix="/v1", tags=["OpenAI: batches"])
 
 @router.post("/batches", response_model=OpenAIBatch, summary="Create a batch from an input file")
 async def create_batch(
-    body: OpenAIBatchCreate, openai: OpenAIDep, workers: WorkersDep
+    body: OpenAIBatchCreate,
+    openai: OpenAIDep,
+    workers: WorkersDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> OpenAIBatch:
     batch = await openai.create_batch(
-        body.input_file_id, body.endpoint, body.completion_window, body.metadata
+        body.input_file_id, body.endpoint, body.completion_window, body.metadata, idempotency_key
     )
     await workers.ensure()
     return batch
