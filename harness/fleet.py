@@ -92,6 +92,22 @@ class Box:
         except httpx.HTTPError:
             return False
 
+    def worker_log_size(self) -> int:
+        path = self.log_dir / f"{self.name}-worker.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def wait_worker_log(self, text: str, since: int, timeout: float = 60.0) -> None:
+        """Waits until the worker's log, past byte `since`, says `text`."""
+        path = self.log_dir / f"{self.name}-worker.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(path, "rb") as log:
+                log.seek(since)
+                if text.encode() in log.read():
+                    return
+            time.sleep(0.5)
+        raise AssertionError(f"{self.name}'s worker never logged {text!r} within {timeout:g}s")
+
     def running(self) -> bool:
         return all(p is not None and p.poll() is None for p in (self.worker, self.llama))
 

@@ -480,27 +480,9 @@ class BatchService:
         return (int(created) if created else int(started), started, after)
 
     async def page(self, limit: int, after: str | None = None) -> tuple[list[BatchView], bool]:
-        """(batches, has_more): newest first, starting after the batch `after`."""
-        client = await temporal_client(self.temporal)
-        now = time.time()
-        batches: list[BatchView] = []
-        skipping = after is not None
-        query = f"WorkflowType = '{BATCH_WORKFLOW}'"
-        async for execution in client.list_workflows(query):
-            if execution.status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
-                continue
-            if skipping:
-                skipping = execution.id != after
-                continue
-            if len(batches) == limit:
-                return batches, True
-            batch = batch_status(
-                execution.id, execution.status, await execution.memo(), execution.close_time
-            )
-            batches.append(BatchView.of(batch, now))
-        if skipping:
-            raise InvalidRequest(f"after: no batch with id {after!r}", param="after")
-        return batches, False
+        """(batches, has_more): newest first (by creation, as `listing` orders them, not in
+        the visibility store's open-then-closed order), starting after the batch `after`."""
+        return await self.listing(limit, after)
 
     async def cancel(self, batch_id: str) -> BatchView:
         handle, description = await self._describe(batch_id)

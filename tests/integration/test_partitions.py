@@ -222,6 +222,7 @@ def test_a_box_cut_off_whole_hands_its_shards_over_and_its_late_writes_replace_n
 
 def test_a_box_cut_off_from_s3_alone_gives_its_shards_up(partitioned: Partitioned) -> None:
     p = partitioned
+    since = p.box_b.worker_log_size()
     done, cut_at, seconds = cut_mid_batch(p, "s", ["s3"])
     check_exactly_once(p, done, "s")
     handed = [r for r in retries(p.stack, done["id"]) if r.cause_type == "S3Down"]
@@ -239,6 +240,7 @@ def test_a_box_cut_off_from_s3_alone_gives_its_shards_up(partitioned: Partitione
     assert handed_over <= HANDOVER_SECONDS + MARGIN_SECONDS
     # S3 back: box-b works again.
     wait_for(lambda: "box-b" in live_boxes(p.stack), 90, "box-b back after the heal")
+    p.box_b.wait_worker_log("S3 is back: this box takes shards again", since, timeout=90)
     again, _ = run_batch(p, "sa", 150)
     check_exactly_once(p, again, "sa", 150)
     assert again["boxes"].get("box-b", 0) > 0, f"box-b took no shard again: {again}"

@@ -105,9 +105,11 @@ def test_a_sick_llama_server_hands_its_shards_over_and_takes_work_again(
     )
     assert moved < HANDOVER_SECONDS + 15, f"handed over {moved:.1f}s after it turned sick"
 
-    # Well again: the same worker takes shards again.
+    # Well again: the same worker takes shards again, once its check request has succeeded.
+    since = box_b.worker_log_size()
     proxy.sick = False
     healed = time.monotonic()
+    box_b.wait_worker_log("works again: this box takes shards", since, timeout=60)
     again = batches.submit(
         stack, items=batches.chat_items(ITEMS, prefix="m", max_tokens=16), shard_size=SHARD
     )
