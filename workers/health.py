@@ -24,10 +24,12 @@ the box's pollers wait instead of taking shards.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -63,6 +65,11 @@ CHECK_TIMEOUT_SECONDS = 30.0
 S3_PROBE_SECONDS = 2.0
 S3_PROBE_CONNECT_SECONDS = 5.0
 S3_PROBE_READ_SECONDS = 10.0
+# S3 calls run on threads of their own, never on asyncio's default pool (6 threads on a
+# 2-core box): a call abandoned while S3 was cut off may hang for minutes in its client's
+# timeouts and retries, and a few of them would starve everything else that runs in a
+# thread, the S3 probe first, which then could never notice the outage.
+S3_CALL_THREADS = 32
 
 T = TypeVar("T")
 
@@ -113,6 +120,7 @@ class LlamaHealth:
         self._closed = False  # whether the gate was announced closed
         self.requests = Stretch()  # requests failing while llama-server answers /health
         self.s3 = Stretch()
+        self._s3_threads = ThreadPoolExecutor(S3_CALL_THREADS, thread_name_prefix="s3-call")
 
     def now(self) -> float:
         return self._clock()
@@ -243,12 +251,14 @@ class LlamaHealth:
         leaving the thread to end by itself (its result dropped)."""
         if self.s3_gone:
             raise S3Gone(self.describe_s3())
-        work = asyncio.ensure_future(asyncio.to_thread(call, *args))
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._s3_threads, functools.partial(call, *args))
         if self.handover_seconds <= 0:
             return await work
         gone = asyncio.ensure_future(self._wait_s3_gone())
         try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {work, gone}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             gone.cancel()
             work.add_done_callback(_drop_result)
@@ -369,6 +379,8 @@ class BoxWatch:
         self._check_request = check_request
         self._s3 = s3
         self._bucket = bucket
+        # One thread of its own: the probe runs however many S3 calls hang elsewhere.
+        self._probe_thread = ThreadPoolExecutor(1, thread_name_prefix="s3-probe")
         self._loops = [
             llama_watch(probe_llama),
             Periodic("llama-check", self.check_llama, CHECK_SECONDS, logger, "checking llama"),
@@ -389,6 +401,7 @@ class BoxWatch:
     async def stop(self) -> None:
         for loop in self._loops:
             await loop.stop()
+        self._probe_thread.shutdown(wait=False, cancel_futures=True)
 
     async def check_llama(self) -> None:
         if self.health.checking:
@@ -398,8 +411,9 @@ class BoxWatch:
         """One bucket lookup; any answer from the server (even an error) means it is there."""
         assert self._s3 is not None
         started = self.health.now()
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.to_thread(self._s3.bucket_exists, self._bucket)
+            await loop.run_in_executor(self._probe_thread, self._s3.bucket_exists, self._bucket)
         except S3Error:
             pass  # an answer: S3 is reachable
         except Exception as exc:  # urllib3's connection errors and timeouts, OSError

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -159,34 +159,89 @@ def worker_identity_pid(identity: str) -> int:
     return int(identity.rsplit(":", 1)[1])
 
 
-def shards_running_on(stack: Stack, batch_id: str, box: Box) -> int:
-    """How many of the batch's shards the box's worker is running now (from the workflow's
-    pending activities and the identity of the worker that took each)."""
-    assert box.worker is not None
-    pid = box.worker.pid
+def running_shards(stack: Stack, batch_id: str) -> dict[str, tuple[int, float, int]]:
+    """The batch's shard attempts running now, from the workflow's pending activities:
+    activity id -> (attempt, when it started (Unix time), the pid of the worker that took it)."""
 
-    async def pending() -> int:
+    async def pending() -> dict[str, tuple[int, float, int]]:
         client = await Client.connect(stack.env["TEMPORAL_ADDRESS"])
         description = await client.get_workflow_handle(batch_id).describe()
-        return sum(
-            1
+        return {
+            item.activity_id: (
+                item.attempt,
+                item.last_started_time.ToDatetime(tzinfo=UTC).timestamp(),
+                worker_identity_pid(item.last_worker_identity),
+            )
             for item in description.raw_description.pending_activities
             if item.activity_type.name == "run_shard"
             and item.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
             and item.last_worker_identity
-            and worker_identity_pid(item.last_worker_identity) == pid
-        )
+        }
 
     return asyncio.run(pending())
 
 
+def shards_running_on(stack: Stack, batch_id: str, box: Box) -> int:
+    """How many of the batch's shards the box's worker is running now."""
+    assert box.worker is not None
+    pid = box.worker.pid
+    return sum(1 for *_, worker in running_shards(stack, batch_id).values() if worker == pid)
+
+
 def wait_box_busy(stack: Stack, batch_id: str, box: Box, answered: int) -> None:
     """Until the box has answered `answered` requests of the batch and is running a shard
-    of it: a box lost then always has something to hand over."""
+    of it."""
     batches.wait_until(
         stack, batch_id, lambda b: b["boxes"].get(box.name, 0) >= answered, timeout=180
     )
     wait_for(lambda: shards_running_on(stack, batch_id, box) > 0, 120, f"{box.name} busy")
+
+
+# A shard attempt the box started at most this long ago is far from its end (on a quiet
+# machine a box-b shard takes a second or two, on a busy one much longer). The bound widens
+# by a second for every ten spent looking, for a machine so busy that looking takes longer.
+FRESH_SHARD_SECONDS = 1.0
+
+
+def strike_while_busy(
+    stack: Stack,
+    batch_id: str,
+    box: Box,
+    answered: int,
+    fault: Callable[[], None],
+    undo: Callable[[], None],
+    tries: int = 5,
+) -> float:
+    """Runs `fault` just after the box started a shard of the batch (having answered
+    `answered` of its requests), and returns when (Unix time). A box that finished every
+    shard it held between the look and the fault would have nothing to hand over: the fault
+    is checked to have found a shard still running there, else undone and struck again."""
+    for _ in range(tries):
+        batches.wait_until(
+            stack, batch_id, lambda b: b["boxes"].get(box.name, 0) >= answered, timeout=180
+        )
+        assert box.worker is not None
+        pid = box.worker.pid
+        looking = time.monotonic()
+
+        def fresh(pid: int = pid, looking: float = looking) -> dict[str, int]:
+            now = time.time()
+            bound = FRESH_SHARD_SECONDS + (time.monotonic() - looking) / 10
+            return {
+                shard: attempt
+                for shard, (attempt, started, worker) in running_shards(stack, batch_id).items()
+                if worker == pid and now - started <= bound
+            }
+
+        held = wait_for(fresh, 180, f"{box.name} starting a shard")
+        fault()
+        struck = time.time()
+        time.sleep(1.0)  # a shard that had stored its result reports its end by now
+        running = running_shards(stack, batch_id)
+        if any(running.get(shard, (0,))[0] == attempt for shard, attempt in held.items()):
+            return struck
+        undo()
+    raise AssertionError(f"{box.name} finished its shard before each of {tries} faults")
 
 
 def stored_results(stack: Stack, batch_id: str, shard_count: int) -> tuple[bytes, list[str]]:
@@ -271,9 +326,9 @@ def test_a_box_lost_mid_batch_hands_its_shards_over(fleet: tuple[Stack, Box]) ->
     batch = batches.submit(
         stack, items=batches.chat_items(ITEMS, prefix="f", max_tokens=16), shard_size=SHARD
     )
-    wait_box_busy(stack, batch["id"], box_b, 2 * SHARD)
-    box_b.kill()
-    killed = time.time()
+    killed = strike_while_busy(
+        stack, batch["id"], box_b, 2 * SHARD, box_b.kill, box_b.ensure_running
+    )
     done = batches.wait_terminal(stack, batch["id"], timeout=600)
     retried = first_retry_started(stack, batch["id"])
     assert retried is not None, "box-b's shards ran again elsewhere"
@@ -326,11 +381,11 @@ def test_a_box_whose_llama_server_dies_hands_its_shards_over(fleet: tuple[Stack,
     batch = batches.submit(
         stack, items=batches.chat_items(ITEMS, prefix="d", max_tokens=16), shard_size=SHARD
     )
-    wait_box_busy(stack, batch["id"], box_b, SHARD)
     assert box_b.worker is not None
     worker_pid = box_b.worker.pid
-    box_b.kill_llama()
-    killed = time.time()
+    killed = strike_while_busy(
+        stack, batch["id"], box_b, SHARD, box_b.kill_llama, box_b.start_llama
+    )
     done = batches.wait_terminal(stack, batch["id"], timeout=600)
     assert done["status"] == "completed", done
     assert done["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0}
@@ -377,9 +432,7 @@ def test_a_box_cut_off_whole_hands_its_shards_over_and_writes_nothing_over_them(
     batch = batches.submit(
         stack, items=batches.chat_items(ITEMS, prefix="p", max_tokens=16), shard_size=SHARD
     )
-    wait_box_busy(stack, batch["id"], box_b, SHARD)
-    box_b.pause()
-    paused = time.time()
+    paused = strike_while_busy(stack, batch["id"], box_b, SHARD, box_b.pause, box_b.resume)
     try:
         done = batches.wait_terminal(stack, batch["id"], timeout=600)
         assert done["status"] == "completed", done

@@ -38,7 +38,7 @@ from tests.integration.test_fleet import (
     live_boxes,
     retries,
     stored_results,
-    wait_box_busy,
+    strike_while_busy,
     wait_for,
     worker_identity_pid,
 )
@@ -163,10 +163,16 @@ def cut_mid_batch(p: Partitioned, prefix: str, links: list[str]) -> tuple[dict, 
     batch = batches.submit(
         p.stack, items=batches.chat_items(ITEMS, prefix=prefix, max_tokens=16), shard_size=SHARD
     )
-    wait_box_busy(p.stack, batch["id"], p.box_b, SHARD)
-    for name in links:
-        p.ns.links[name].cut()
-    cut_at = time.time()
+
+    def cut() -> None:
+        for name in links:
+            p.ns.links[name].cut()
+
+    def heal() -> None:
+        for name in links:
+            p.ns.links[name].heal()
+
+    cut_at = strike_while_busy(p.stack, batch["id"], p.box_b, SHARD, cut, heal)
     try:
         batches.wait_until(
             p.stack,
@@ -175,8 +181,7 @@ def cut_mid_batch(p: Partitioned, prefix: str, links: list[str]) -> tuple[dict, 
             timeout=CUT_SECONDS + 600,
         )
     finally:
-        for name in links:
-            p.ns.links[name].heal()
+        heal()
     done = batches.wait_terminal(p.stack, batch["id"], timeout=600)
     return done, cut_at, time.monotonic() - started
 
@@ -225,8 +230,9 @@ def test_a_box_cut_off_from_s3_alone_gives_its_shards_up(partitioned: Partitione
     since = p.box_b.worker_log_size()
     done, cut_at, seconds = cut_mid_batch(p, "s", ["s3"])
     check_exactly_once(p, done, "s")
-    handed = [r for r in retries(p.stack, done["id"]) if r.cause_type == "S3Down"]
-    assert handed, "box-b gave its shards up itself, for S3"
+    every = retries(p.stack, done["id"])
+    handed = [r for r in every if r.cause_type == "S3Down"]
+    assert handed, f"box-b gave its shards up itself, for S3; retries: {every}"
     assert all("box box-b" in r.cause and "S3 has not answered" in r.cause for r in handed)
     moved = moved_elsewhere(p, done["id"], cut_at)
     assert moved, "box-b's shards ran again on box-a"

@@ -23,7 +23,7 @@ from harness.stack import Stack, start_stack
 from tests.integration.test_fleet import (
     live_boxes,
     retries,
-    wait_box_busy,
+    strike_while_busy,
     wait_for,
     worker_identity_pid,
 )
@@ -79,9 +79,14 @@ def test_a_sick_llama_server_hands_its_shards_over_and_takes_work_again(
     batch = batches.submit(
         stack, items=batches.chat_items(ITEMS, prefix="k", max_tokens=16), shard_size=SHARD
     )
-    wait_box_busy(stack, batch["id"], box_b, SHARD)
-    proxy.sick = True
-    sick_at = time.time()
+
+    def turn_sick() -> None:
+        proxy.sick = True
+
+    def get_well() -> None:
+        proxy.sick = False
+
+    sick_at = strike_while_busy(stack, batch["id"], box_b, SHARD, turn_sick, get_well)
     done = batches.wait_terminal(stack, batch["id"], timeout=300)
     assert done["status"] == "completed", done
     assert done["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0}
@@ -135,6 +140,7 @@ def test_one_bad_prompt_fails_only_its_line(sick_fleet: tuple[Stack, Box, SickLl
     items = batches.chat_items(count, prefix="b", max_tokens=8)
     items[37]["messages"][0]["content"] = "poisoned prompt"
     proxy.poison = "poisoned prompt"
+    failed_before = proxy.failed
     try:
         started = time.monotonic()
         batch = batches.submit(stack, items=items, shard_size=SHARD)
@@ -152,5 +158,8 @@ def test_one_bad_prompt_fails_only_its_line(sick_fleet: tuple[Stack, Box, SickLl
     )
     assert not [r for r in retries(stack, batch["id"]) if r.cause_type == "LlamaFailing"]
     elapsed = time.monotonic() - started
-    print(f"\none bad prompt: its line failed after its retries, batch in {elapsed:.1f}s")
-    assert elapsed >= REQUEST_BUDGET_SECONDS - 1, "the bad line was retried for its budget"
+    attempts = proxy.failed - failed_before
+    print(f"\none bad prompt: its line failed after {attempts} attempts, batch in {elapsed:.1f}s")
+    # Backing off from 0.25 s, doubling to 5 s, until less than the next delay is left of
+    # the budget: at least five attempts in 15 s (the timing itself is the machine's).
+    assert attempts >= 5, "the bad line was retried within its budget"

@@ -4,13 +4,14 @@ shard slots follow it."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import aiohttp
 import pytest
 
 from workers.activities.inference import HANDOVER_RETRY_DELAY
-from workers.health import LlamaHealth, ShardSlots
+from workers.health import BoxWatch, LlamaHealth, ShardSlots
 from workers.llama import Answer, LlamaClient
 from workers.workflows.batch import SHARD_HEARTBEAT, SHARD_RETRY
 
@@ -232,3 +233,30 @@ async def test_one_bad_prompt_becomes_its_error_line_after_its_budget(clock: Clo
     llama._request = request  # type: ignore[method-assign]
     line = await llama.run("c1", "/v1/chat/completions", {})
     assert line["error"] == {"code": "llama_http_500", "message": "bad prompt"}
+
+
+async def test_s3_calls_and_the_probe_run_while_the_default_thread_pool_is_stuck() -> None:
+    """Calls abandoned while S3 was cut off may hang for minutes in their client's timeouts:
+    filling asyncio's default pool with them must not stop new S3 calls or the S3 probe,
+    which would then never notice the outage."""
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    stuck = [loop.run_in_executor(None, release.wait) for _ in range(64)]
+    health = LlamaHealth(10.0)
+
+    class Unreachable:
+        def bucket_exists(self, bucket: str) -> bool:
+            raise OSError(101, "Network is unreachable")
+
+    async def nothing() -> None:
+        pass
+
+    watch = BoxWatch(health, nothing, nothing, Unreachable(), "bucket")  # type: ignore[arg-type]
+    try:
+        assert await asyncio.wait_for(health.s3_call(lambda: "answered"), 5) == "answered"
+        await asyncio.wait_for(watch.probe_s3(), 5)
+        assert health.s3.since is not None, "the probe saw S3 out of reach"
+    finally:
+        release.set()
+        await asyncio.gather(*stuck)
+        await watch.stop()

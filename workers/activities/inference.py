@@ -16,9 +16,12 @@ from temporalio.exceptions import ApplicationError
 
 from kernel.inputs import ProcessInput, ProcessResult, ShardInput, ShardResult
 from kernel.keys import parse_result_key, result_key, shard_key, shard_results_prefix
-from kernel.storage import list_objects, read_lines, write_jsonl
+from kernel.storage import S3_FAILURES, list_objects, read_lines, write_jsonl
 from workers.health import LlamaHealth, S3Gone
 from workers.llama import LlamaClient, LlamaUnavailable
+
+# How much of an S3 error's text a shard's failure carries.
+MAX_FAILURE_TEXT = 500
 
 HEARTBEAT_SECONDS = 1.0
 WRITE_RETRY_SECONDS = 600.0
@@ -205,6 +208,15 @@ class InferenceActivities:
             return await self._run_shard(params, progress)
         except S3Gone:  # S3 away for the hand-over time: another box runs the shard
             raise self._gone(params, "what it answered not stored") from None
+        except S3_FAILURES as exc:
+            # The client's own retries are spent. A short failure, not the client's chain of
+            # tracebacks: Temporal keeps at most 4 KB of an activity's last failure and
+            # replaces a longer one with "Failure exceeds size limit".
+            raise ApplicationError(
+                f"box {self.box}: batch {params.batch_id} shard {params.shard}: S3 failed: "
+                f"{type(exc).__name__}: {str(exc)[:MAX_FAILURE_TEXT]}",
+                type="S3Failed",
+            ) from None
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
