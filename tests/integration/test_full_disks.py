@@ -135,6 +135,8 @@ def full_disk_run(stack: Stack, component: str, check: str, prefix: str) -> dict
     batch_id = batch["id"]
     batches.wait_until(stack, batch_id, lambda b: b["request_counts"]["completed"] >= 2 * SHARD)
 
+    used = os.statvfs(folder)
+    used_bytes = (used.f_blocks - used.f_bfree) * used.f_frsize
     filler = fill(folder)
     filled_at = time.monotonic()
     before = completed(stack, batch_id)
@@ -166,19 +168,22 @@ def full_disk_run(stack: Stack, component: str, check: str, prefix: str) -> dict
     assert str(folder) in refused_upload.json()["error"]["message"]
 
     # The batch pauses: no failed line, no failed batch, while the disk stays full.
-    samples = []
+    samples: list[tuple[float, int | str]] = []
     while time.monotonic() - filled_at < FULL_SECONDS:
         try:
             state = batches.get(stack, batch_id)
         except (AssertionError, OSError) as exc:  # Temporal restarting: say so, go on
-            samples.append((round(time.monotonic() - filled_at, 1), f"status unreadable: {exc}"))
+            error = str(exc).splitlines()[0][:120]
+            samples.append((round(time.monotonic() - filled_at, 1), f"unreadable: {error}"))
         else:
             counts = state["request_counts"]
             samples.append((round(time.monotonic() - filled_at, 1), counts["completed"]))
             assert state["status"] in ("in_progress", "validating", "finalizing"), state
             assert counts["failed"] == 0, state
         time.sleep(3)
-    paused_at = completed(stack, batch_id)
+    # With Temporal's disk full the status may be unreadable (503): count from the fill.
+    readable = [count for _, count in samples if isinstance(count, int)]
+    paused_at = max(readable, default=before)
 
     filler.unlink()
     freed_at = time.monotonic()
@@ -187,14 +192,19 @@ def full_disk_run(stack: Stack, component: str, check: str, prefix: str) -> dict
         30,
         "/health seeing the space back",
     )
-    resumed = batches.wait_until(
-        stack,
-        batch_id,
-        lambda b: b["request_counts"]["completed"] > paused_at or b["status"] == "completed",
-        timeout=300,
-    )
+
+    def moved_on() -> dict[str, Any] | None:
+        state = batches.get(stack, batch_id)
+        going = state["request_counts"]["completed"] > paused_at or state["status"] != "in_progress"
+        return state if going else None
+
+    resumed = wait_for(moved_on, 300, "progress after the space came back")
     resumed_after = time.monotonic() - freed_at
-    done = batches.wait_terminal(stack, batch_id, timeout=600)
+    done = wait_for(
+        lambda: (state := batches.get(stack, batch_id))["status"] in batches.TERMINAL and state,
+        600,
+        "the batch's end",
+    )
     finished_after = time.monotonic() - freed_at
     assert done["status"] == "completed", done
     assert done["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0}
@@ -211,6 +221,7 @@ def full_disk_run(stack: Stack, component: str, check: str, prefix: str) -> dict
         "resumed_after_free_s": round(resumed_after, 1),
         "completed_after_free_s": round(finished_after, 1),
         "resumed_status": resumed["status"],
+        "folder_used_mb_when_filled": round(used_bytes / (1 << 20), 1),
     }
     print(f"\nfull {component} disk: {json.dumps(figures)}\nsamples (s, completed): {samples}")
     return figures
