@@ -170,6 +170,10 @@ class Settings(BaseSettings):
     # hybrid mode, stop where the box's own S3 holds the results.
     IDLE_RELEASE_ACTION: Literal["auto", "stop", "destroy"] = "auto"
 
+    # Disks: a data folder of this box (S3's, Temporal's, the logs) with less free than this
+    # is full: /health names it, new uploads and batches are refused with 507 (0 = off).
+    DISK_MIN_FREE_MB: Annotated[int, Field(ge=0)] = 256
+
     # Dashboard
     WEB_PORT: Port = 3000
 

@@ -62,6 +62,14 @@ class ServiceUnavailable(AppError):
     error_type = "unavailable_error"
 
 
+class InsufficientStorage(AppError):
+    """A disk the stack writes to is full: nothing new is taken until there is room."""
+
+    status_code = 507
+    error_type = "insufficient_storage"
+    openai_code = "insufficient_storage"
+
+
 _TYPES_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -72,6 +80,7 @@ _TYPES_BY_STATUS = {
     413: "payload_too_large",
     422: "invalid_request_error",
     503: "unavailable_error",
+    507: "insufficient_storage",
 }
 
 

@@ -30,6 +30,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from app.core.errors import AppError, Conflict, Gone, InvalidRequest, NotFound, ServiceUnavailable
 from app.services.deleted import deleted_kinds, deleted_message, record_deleted
+from app.services.disk import ensure_room, is_storage_full, storage_full
 from app.services.pricing import gpu_price_per_hour
 from app.services.temporal import TemporalService, TemporalUnavailable
 from kernel import keys, storage
@@ -280,6 +281,7 @@ class BatchService:
                 return existing
         else:
             batch_id = new_batch_id()
+        await ensure_room(self.settings, "new batches")
         staged = False
         try:
             if items is not None:
@@ -290,6 +292,8 @@ class BatchService:
                 key = input_object
                 await asyncio.to_thread(self._check_input_key, key)
         except S3Error as exc:
+            if is_storage_full(exc):
+                raise storage_full(self.settings, exc, "new batches") from exc
             raise ServiceUnavailable(f"S3 error while staging the input: {exc}") from exc
         except (OSError, urllib3.exceptions.HTTPError) as exc:
             raise ServiceUnavailable(

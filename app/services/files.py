@@ -27,6 +27,7 @@ from minio.error import S3Error
 
 from app.core.errors import InvalidRequest, NotFound, ServiceUnavailable
 from app.services.deleted import DeletedKind, record_deleted
+from app.services.disk import ensure_room, is_storage_full, storage_full
 from kernel import storage
 from kernel.config import Settings
 from kernel.endpoints import MAX_LINE_BYTES
@@ -120,6 +121,7 @@ def check_jsonl(stream: IO[bytes]) -> int:
 
 class FileService:
     def __init__(self, settings: Settings, s3: Minio) -> None:
+        self.settings = settings
         self.s3 = s3
         self.bucket = settings.MINIO_BUCKET
         self.endpoint = settings.MINIO_ENDPOINT
@@ -155,7 +157,14 @@ class FileService:
                 "purpose 'batch'",
                 param="purpose",
             )
-        return await self._s3(self._store, stream, size, filename or "upload.jsonl", purpose)
+        await ensure_room(self.settings, "new uploads")
+        try:
+            return await self._s3(self._store, stream, size, filename or "upload.jsonl", purpose)
+        except ServiceUnavailable as exc:
+            cause = exc.__cause__
+            if isinstance(cause, S3Error) and is_storage_full(cause):
+                raise storage_full(self.settings, cause, "new uploads") from cause
+            raise
 
     # Lookup ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from minio import Minio
 from app.services.llama import LlamaProbe
 from app.services.temporal import TemporalService
 from kernel.config import Settings
+from kernel.disk import DiskSpace, disk_space
 from kernel.storage import check_bucket
 from kernel.supervisor import RUNNING_STATES, SupervisorControl
 
@@ -68,6 +69,18 @@ async def _supervisor(settings: Settings, supervisor: SupervisorControl) -> dict
     }
 
 
+def add_disk(check: dict[str, Any], space: DiskSpace) -> None:
+    """Shows a data folder's disk in its component's check (S3's in `s3`, Temporal's in
+    `temporal`, the logs' in `supervisor`); a full one turns the check to error and leads
+    its message."""
+    check.setdefault("disks", {})[space.component] = space.report()
+    if not space.low:
+        return
+    earlier = check.get("message")
+    check["status"] = "error"
+    check["message"] = space.describe() + (f"; {earlier}" if earlier else "")
+
+
 async def health_report(
     settings: Settings,
     temporal: TemporalService,
@@ -83,6 +96,8 @@ async def health_report(
         _guarded(_supervisor(settings, supervisor), CHECK_TIMEOUT_SECONDS),
     )
     checks = dict(zip(names, results, strict=True))
+    for space in await asyncio.to_thread(disk_space, settings):
+        add_disk(checks[space.check], space)
     healthy = all(check["status"] == "ok" for check in checks.values())
     return {
         "status": "ok" if healthy else "degraded",

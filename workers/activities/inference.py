@@ -25,6 +25,10 @@ MAX_FAILURE_TEXT = 500
 
 HEARTBEAT_SECONDS = 1.0
 WRITE_RETRY_SECONDS = 600.0
+# The longest pause between two tries of a result write: a full disk or an S3 outage ends
+# at an unknown moment, and the shard should go on within seconds of it (a try is one small
+# object; the S3 client itself retries a 5xx for about 15 s before this counts a failure).
+WRITE_RETRY_MAX_DELAY = 5.0
 # A shard handed over because llama-server is gone: how long it tries to store the lines it
 # answered (S3 away too: they are answered again elsewhere rather than holding the shard),
 # and how soon Temporal offers it again, whatever its attempt (no growing backoff).
@@ -145,7 +149,7 @@ class InferenceActivities:
                     raise
                 activity.logger.warning("writing %s: %r; retrying in %.0fs", key, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, WRITE_RETRY_MAX_DELAY)
 
     def _summary(
         self, params: ShardInput, lines: list[dict[str, Any]], started: float
