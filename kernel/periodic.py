@@ -5,13 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
+
+# While an action keeps failing, how often the log is reminded that it still does.
+REMINDER_SECONDS = 120.0
 
 
 class Periodic:
     """Runs `action` every `interval` seconds, inside the running loop, from `start()` until
     `stop()`. A failure is logged (at `failure_level`, prefixed by `what`) and the loop goes
-    on: a dependency being down must not end it."""
+    on: a dependency being down must not end it.
+
+    A stretch of failures (a dependency away for minutes: the laptop that holds Temporal
+    and S3 asleep) is logged as a change of state, not once per try: its first failure,
+    then a reminder every REMINDER_SECONDS with how long it has lasted and the latest
+    error, then one line when the action works again."""
 
     def __init__(
         self,
@@ -21,6 +30,8 @@ class Periodic:
         logger: logging.Logger,
         what: str,
         failure_level: int = logging.WARNING,
+        reminder_seconds: float = REMINDER_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.action = action
@@ -28,16 +39,57 @@ class Periodic:
         self.logger = logger
         self.what = what
         self.failure_level = failure_level
+        self.reminder_seconds = reminder_seconds
+        self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self.failing_since: float | None = None
+        self._reminded_at = 0.0
+        self._failures = 0
+
+    async def run_once(self) -> bool:
+        """One run of the action, logged as above; whether it worked."""
+        try:
+            await self.action()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed(exc)
+            return False
+        self._worked()
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        now = self._clock()
+        self._failures += 1
+        if self.failing_since is None:
+            self.failing_since = self._reminded_at = now
+            self.logger.log(self.failure_level, "%s: %s", self.what, exc)
+        elif now - self._reminded_at >= self.reminder_seconds:
+            self._reminded_at = now
+            self.logger.log(
+                self.failure_level,
+                "%s: still failing after %.0fs (%d tries): %s",
+                self.what,
+                now - self.failing_since,
+                self._failures,
+                exc,
+            )
+
+    def _worked(self) -> None:
+        if self.failing_since is not None:
+            self.logger.log(
+                self.failure_level,
+                "%s: works again after %.0fs (%d failed tries)",
+                self.what,
+                self._clock() - self.failing_since,
+                self._failures,
+            )
+        self.failing_since = None
+        self._failures = 0
 
     async def _run(self) -> None:
         while True:
-            try:
-                await self.action()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.logger.log(self.failure_level, "%s: %s", self.what, exc)
+            await self.run_once()
             await asyncio.sleep(self.interval)
 
     @property

@@ -43,6 +43,7 @@ from kernel.boxes import read_boxes
 from kernel.config import Settings, load_settings_or_exit
 from kernel.inputs import BATCH_WORKFLOW
 from kernel.logs import configure_logging
+from kernel.periodic import REMINDER_SECONDS
 from kernel.storage import make_minio
 from kernel.temporal import connect_temporal
 
@@ -216,6 +217,8 @@ async def watch(
     limit = settings.IDLE_RELEASE_MINUTES * 60
     action = release_action(settings)
     clock = IdleClock(time.monotonic())
+    last_unreadable: tuple[str, ...] = ()
+    reminded = 0.0
     logger.info(
         "autostop: box %s will %s itself after %.0fs without batch work",
         settings.box_name,
@@ -228,8 +231,15 @@ async def watch(
         reasons = clock.observe(work, now)
         if reasons:
             logger.debug("autostop: busy: %s", "; ".join(reasons))
-        if work.unknown:
+        unreadable = tuple(what.split(" (", 1)[0] for what in work.unknown)
+        if unreadable and (unreadable != last_unreadable or now - reminded >= REMINDER_SECONDS):
+            # Once when it starts (or what is unreadable changes), then a reminder every few
+            # minutes: a control plane away for long (the laptop asleep) must not fill the log.
             logger.warning("autostop: cannot read %s: counted as no work", ", ".join(work.unknown))
+            reminded = now
+        elif last_unreadable and not unreadable:
+            logger.info("autostop: %s readable again", ", ".join(last_unreadable))
+        last_unreadable = unreadable
         idle = clock.idle_for(now)
         if idle >= limit:
             why = (

@@ -114,7 +114,11 @@ def build_registry(queue: str, settings: Settings) -> Registry:
         urgent_max_concurrent_activities=PROCESS_REQUESTS_ROOM,
         _llama=llama,
         box_reporter=BoxReporter(
-            s3,
+            # Short timeouts and no retries, as for the probe: the next report is the retry.
+            # With the workers' client a report hung on an S3 that went away (the laptop
+            # asleep) for up to 6 x 120 s, and the box's record stayed stale (so the batch
+            # window shrank to its floor) for minutes after S3 came back.
+            s3_probe_client(settings),
             settings.MINIO_BUCKET,
             settings.box_name,
             settings.GPU_TASK_QUEUE,

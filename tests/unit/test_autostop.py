@@ -84,3 +84,24 @@ async def test_a_refused_release_is_logged_and_retried(caplog: pytest.LogCapture
     assert await asyncio.wait_for(autostop.watch(config, look, release), 10) == "destroyed"
     assert len(attempts) == 2
     assert "HTTP 401" in caplog.text and "cannot read Temporal" in caplog.text
+
+
+async def test_an_unreadable_control_plane_is_logged_once_not_every_check(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = settings(IDLE_RELEASE_MINUTES=0.005)
+    looks = []
+
+    async def look(_: Settings) -> autostop.Work:
+        looks.append(1)
+        return autostop.Work(unknown=(f"Temporal (timed out, try {len(looks)})",))
+
+    async def release(_: Settings, action: str) -> str:
+        if len(looks) < 5:
+            raise RuntimeError("the Vast API refused to destroy instance 1: HTTP 401")
+        return "destroyed"
+
+    caplog.set_level("INFO", logger="autostop")
+    assert await asyncio.wait_for(autostop.watch(config, look, release), 10) == "destroyed"
+    assert len(looks) >= 5
+    assert caplog.text.count("cannot read Temporal") == 1, caplog.text
