@@ -81,6 +81,8 @@ class BatchWorkflow:
         self._status = BatchStatus(id="")
         self._capacity = 0
         self._capacity_at: datetime | None = None
+        # Whether the input was split into shards (a cancel can come before).
+        self._split_done = False
 
     def _publish(self, **changes: Any) -> None:
         """Updates the status and publishes the changed fields in the memo."""
@@ -108,9 +110,11 @@ class BatchWorkflow:
         memo = {key: workflow.memo_value(key) for key in workflow.memo()}
         self._status = BatchStatus.model_validate({**memo, "id": params.batch_id})
         progress = params.progress or BatchProgress()
+        self._split_done = params.progress is not None
         try:
             if params.progress is None:
                 progress, first_error = await self._split(params)
+                self._split_done = True
                 if progress.total - progress.invalid == 0:
                     await self._fail_without_valid_lines(params, progress, first_error)
             self._publish(status="in_progress", request_counts=self._counts(progress))
@@ -395,10 +399,13 @@ class BatchWorkflow:
                 total=progress.total,
                 created_at=params.created_at,
                 end_reason=reason,
+                unsplit_input_key="" if self._split_done else params.input_key,
             ),
             start_to_close_timeout=IO_TIMEOUT,
             heartbeat_timeout=IO_HEARTBEAT,
             retry_policy=IO_RETRY,
         )
+        if merged.total and not progress.total:  # ended before the split: the merge counted
+            progress.total = merged.total
         self._publish(output_key=output_key(params.batch_id), error_key=errors_key(params.batch_id))
         return merged
