@@ -619,15 +619,19 @@ def retry(
         if state.json:
             _emit_json(batch)
             return
-        out.print(f"{batch['id']} {batch['status']} (retry of {batch_id})", markup=False)
+        out.print(
+            f"{batch['id']} {batch['status']} (retry of {batch_id})", markup=False, soft_wrap=True
+        )
     elif not state.json:
-        err.print(f"submitted {batch['id']} (retry of {batch_id})", markup=False)
+        err.print(f"submitted {batch['id']} (retry of {batch_id})", markup=False, soft_wrap=True)
     if not state.json:
         sent = f"{selection.get('failed', 0)} failed, {selection.get('unfinished', 0)} unfinished"
         left = ", ".join(f"{n} {why}" for why, n in (selection.get("left_out") or {}).items())
-        err.print(f"sent again: {sent}; left out: {left or 'none'}", markup=False)
+        err.print(f"sent again: {sent}; left out: {left or 'none'}", markup=False, soft_wrap=True)
         if not watch:
-            err.print(f"follow it with: llm-batch watch {batch['id']}", markup=False)
+            err.print(
+                f"follow it with: llm-batch watch {batch['id']}", markup=False, soft_wrap=True
+            )
     if watch:
         finish(watch_batch(batch["id"]))
 

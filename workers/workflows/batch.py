@@ -13,7 +13,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -67,6 +67,11 @@ class BudgetReached(Exception):
 class _Expired(Exception):
     """The batch's completion window ran out while shards were left (see `_time_left`)."""
 
+
+# Patched in round4: a cancel while the split runs ends the batch through the merge (every
+# input line a `batch_cancelled` error line), not as a bare cancelled run with total 0. The
+# split's cancelled activity raises ActivityError, which Temporal took as the run's cancel.
+CANCEL_DURING_SPLIT = "cancel-during-split"
 
 # How often a batch that follows the fleet's capacity re-reads it (also while it waits for
 # a shard, so a box that joins mid-batch gets work without waiting for a shard to finish).
@@ -207,20 +212,27 @@ class BatchWorkflow:
 
     async def _split(self, params: BatchInput) -> tuple[BatchProgress, str]:
         self._publish(status="validating")
-        split = await workflow.execute_activity_method(
-            BatchIOActivities.split_input,
-            SplitInput(
-                batch_id=params.batch_id,
-                bucket=params.bucket,
-                input_key=params.input_key,
-                endpoint=params.endpoint,
-                defaults=params.defaults,
-                shard_size=params.shard_size,
-            ),
-            start_to_close_timeout=IO_TIMEOUT,
-            heartbeat_timeout=IO_HEARTBEAT,
-            retry_policy=IO_RETRY,
-        )
+        try:
+            split = await workflow.execute_activity_method(
+                BatchIOActivities.split_input,
+                SplitInput(
+                    batch_id=params.batch_id,
+                    bucket=params.bucket,
+                    input_key=params.input_key,
+                    endpoint=params.endpoint,
+                    defaults=params.defaults,
+                    shard_size=params.shard_size,
+                ),
+                start_to_close_timeout=IO_TIMEOUT,
+                heartbeat_timeout=IO_HEARTBEAT,
+                retry_policy=IO_RETRY,
+            )
+        except ActivityError as exc:
+            # Cancelled while splitting: end as any cancel does (`run` merges what the input
+            # holds). Histories from before the patch closed the run here.
+            if isinstance(exc.cause, CancelledError) and workflow.patched(CANCEL_DURING_SPLIT):
+                raise asyncio.CancelledError() from exc
+            raise
         if split.first_error:
             self._publish(first_error=split.first_error)
         self._publish(shard_count=split.shard_count, in_progress_at=self._now())
