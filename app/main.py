@@ -32,6 +32,7 @@ from app.services.metrics import Metrics, count_starts
 from app.services.openai_compat import OpenAIService
 from app.services.process import ProcessService
 from app.services.queues import Reconciler
+from app.services.retries import RetryService
 from app.services.temporal import TemporalService
 from app.services.workers import WorkerStarter
 from kernel.config import Settings, load_settings_or_exit
@@ -186,6 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.llama = LlamaProbe(settings.LLAMA_URL)
         app.state.process = ProcessService(settings, temporal, app.state.workers)
         app.state.files = FileService(settings, make_minio(settings))
+        app.state.retries = RetryService(app.state.batches)
         app.state.openai = OpenAIService(
             settings, app.state.batches, app.state.files, app.state.process, app.state.llama
         )

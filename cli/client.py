@@ -314,6 +314,12 @@ class Api:
         result: list[dict[str, Any]] = self.request("GET", "/batches", params=params)["data"]
         return result
 
+    def retry(self, batch_id: str, failed: bool, unfinished: bool) -> dict[str, Any]:
+        """`POST /batch/{id}/retry`: a new batch of the failed and/or unfinished lines."""
+        body = {"failed": failed, "unfinished": unfinished}
+        result: dict[str, Any] = self.request("POST", f"/batch/{batch_id}/retry", json=body)
+        return result
+
     def cancel(self, batch_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", f"/batch/{batch_id}/cancel")
         return result

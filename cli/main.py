@@ -249,6 +249,10 @@ def batch_table(batch: dict[str, Any]) -> Table:
     for key in ("output_key", "error_key"):
         if batch.get(key):
             rows.append((key, batch[key]))
+    if batch.get("retry_of"):
+        rows.append(("retry of", str(batch["retry_of"])))
+    if batch.get("retried_by"):
+        rows.append(("retried by", ", ".join(batch["retried_by"])))
     for name, value in rows:
         table.add_row(name, value)
     return table
@@ -529,8 +533,9 @@ def list_batches(
     out.print(table)
 
 
-def _download(batch_id: str, kind: str, output: Path | None) -> None:
-    chunks = state.api.stream_lines(f"/batch/{batch_id}/{kind}")
+def _download(batch_id: str, kind: str, output: Path | None, merged: bool = False) -> None:
+    query = "?merged=true" if merged else ""
+    chunks = state.api.stream_lines(f"/batch/{batch_id}/{kind}{query}")
     if output is None:
         for chunk in chunks:
             sys.stdout.buffer.write(chunk)
@@ -553,9 +558,15 @@ def results(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="file (default stdout)")
     ] = None,
+    merged: Annotated[
+        bool,
+        typer.Option(
+            "--merged", help="one line per custom_id across the batch and its retries (newest wins)"
+        ),
+    ] = False,
 ) -> None:
     """The output lines (JSONL); partial while the batch runs."""
-    _download(batch_id, "results", output)
+    _download(batch_id, "results", output, merged)
 
 
 @app.command()
@@ -564,9 +575,15 @@ def errors(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="file (default stdout)")
     ] = None,
+    merged: Annotated[
+        bool,
+        typer.Option(
+            "--merged", help="across the batch and its retries: what no batch answered, once"
+        ),
+    ] = False,
 ) -> None:
     """The error lines (JSONL): invalid input lines and failed requests."""
-    _download(batch_id, "errors", output)
+    _download(batch_id, "errors", output, merged)
 
 
 @app.command()
@@ -577,6 +594,46 @@ def cancel(batch_id: Annotated[str, typer.Argument(metavar="ID", help="batch id"
         _emit_json(batch)
     else:
         out.print(f"{batch['id']} {batch['status']}")
+
+
+@app.command()
+def retry(
+    batch_id: Annotated[str, typer.Argument(metavar="ID", help="an ended batch's id")],
+    failed: Annotated[
+        bool, typer.Option("--failed", help="the requests that failed (neither flag: both)")
+    ] = False,
+    unfinished: Annotated[
+        bool,
+        typer.Option(
+            "--unfinished", help="the requests a cancel, an expiry or the budget left unrun"
+        ),
+    ] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="watch it until it ends")] = False,
+) -> None:
+    """A new batch of an ended batch's failed and/or unfinished requests, same settings."""
+    if not failed and not unfinished:
+        failed = unfinished = True
+    batch = state.api.retry(batch_id, failed, unfinished)
+    selection = batch.get("retry") or {}
+    if not watch:
+        if state.json:
+            _emit_json(batch)
+            return
+        out.print(
+            f"{batch['id']} {batch['status']} (retry of {batch_id})", markup=False, soft_wrap=True
+        )
+    elif not state.json:
+        err.print(f"submitted {batch['id']} (retry of {batch_id})", markup=False, soft_wrap=True)
+    if not state.json:
+        sent = f"{selection.get('failed', 0)} failed, {selection.get('unfinished', 0)} unfinished"
+        left = ", ".join(f"{n} {why}" for why, n in (selection.get("left_out") or {}).items())
+        err.print(f"sent again: {sent}; left out: {left or 'none'}", markup=False, soft_wrap=True)
+        if not watch:
+            err.print(
+                f"follow it with: llm-batch watch {batch['id']}", markup=False, soft_wrap=True
+            )
+    if watch:
+        finish(watch_batch(batch["id"]))
 
 
 @app.command()

@@ -140,6 +140,9 @@ class MergeInput:
     # requests that never ran (kernel.results.UNFINISHED_ERRORS). Empty in histories recorded
     # before it existed: the final `status` stands for it then.
     end_reason: str = ""
+    # Set when the batch ended before its input was split (cancelled while validating): the
+    # input object, each of whose lines becomes an error line with the ending's code.
+    unsplit_input_key: str = ""
 
 
 @dataclass
@@ -148,6 +151,8 @@ class MergeResult:
     failed: int
     output_key: str
     error_key: str
+    # The input lines counted by a merge of an unsplit input (0 otherwise: the split counted).
+    total: int = 0
 
 
 @dataclass

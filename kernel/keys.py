@@ -3,7 +3,9 @@ only.
 
 `batches/{id}/input.jsonl`, `shards/{n:06d}.jsonl`, `results/{n:06d}[.attemptK].jsonl`,
 `invalid.jsonl`, `output.jsonl`, `errors.jsonl`, `summary.json`, `deleted.json` (what was
-deleted, and when: the one object a deleted batch keeps); `files/{file id}`;
+deleted, and when: the one object a deleted batch keeps), `retried_by/{retry id}.json` (one
+per batch retrying it: the link back from an ended batch, whose memo cannot change);
+`files/{file id}`;
 `boxes/{BOX_NAME}.json`.
 
 The OpenAI-compatible Files API sees some of these objects as files (`file_key_for_id`,
@@ -108,6 +110,26 @@ def deleted_key(batch_id: str) -> str:
     """The record of a batch's deleted data (`DELETE /batch/{id}`, `DELETE /v1/files/{id}`
     of its files): the API answers 410 for what it names."""
     return f"{batch_prefix(batch_id)}/deleted.json"
+
+
+def retry_links_prefix(batch_id: str) -> str:
+    """Prefix of the links to the batches that retry `batch_id` (ends with '/')."""
+    return f"{batch_prefix(batch_id)}/retried_by/"
+
+
+def retry_link_key(batch_id: str, retry_id: str) -> str:
+    """The link from batch `batch_id` to `retry_id`, a batch made of its failed or unfinished
+    lines (`POST /batch/{id}/retry`): one small object per retry, written once."""
+    return f"{retry_links_prefix(batch_id)}{retry_id}.json"
+
+
+def parse_retry_link_key(batch_id: str, key: str) -> str | None:
+    """The retry's batch id a link key names; None for any other key."""
+    prefix = retry_links_prefix(batch_id)
+    if not key.startswith(prefix) or not key.endswith(".json"):
+        return None
+    retry_id = key[len(prefix) : -len(".json")]
+    return retry_id if _BATCH_ID.fullmatch(retry_id) else None
 
 
 def batch_objects_prefix(batch_id: str) -> str:

@@ -62,7 +62,7 @@ def unfinished_error(end_reason: str, status: str) -> tuple[str, str] | None:
     return UNFINISHED_ERRORS.get(reason)
 
 
-def unfinished_line(line_no: int, custom_id: str, code: str, message: str) -> dict[str, Any]:
+def unfinished_line(line_no: int, custom_id: str | None, code: str, message: str) -> dict[str, Any]:
     """The error-file line of a request that never ran (shaped as an invalid line's)."""
     return {
         "id": None,

@@ -86,6 +86,11 @@ class BatchStatus(BaseModel):
     expires_at: int | None = None
     expired_at: int | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    retry_of: str | None = Field(
+        default=None,
+        description="The batch this one retries (POST /batch/{id}/retry): its failed and/or "
+        "unfinished lines.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -95,6 +95,10 @@ class BatchView(BatchStatus):
     usd_per_million_output_tokens: float | None = Field(
         default=None, description="USD per million completion tokens so far."
     )
+    retried_by: list[str] = Field(
+        default_factory=list,
+        description="The batches made of this one's failed or unfinished lines, oldest first.",
+    )
 
     @classmethod
     def of(cls, batch: BatchStatus, now: float) -> BatchView:

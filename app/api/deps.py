@@ -15,6 +15,7 @@ from app.services.files import FileService
 from app.services.llama import LlamaProbe
 from app.services.openai_compat import OpenAIService
 from app.services.process import ProcessService
+from app.services.retries import RetryService
 from app.services.temporal import TemporalService
 from app.services.workers import WorkerStarter
 from kernel.config import Settings
@@ -66,6 +67,11 @@ def get_files(request: Request) -> FileService:
     return service
 
 
+def get_retries(request: Request) -> RetryService:
+    service: RetryService = request.app.state.retries
+    return service
+
+
 def get_openai(request: Request) -> OpenAIService:
     service: OpenAIService = request.app.state.openai
     return service
@@ -81,6 +87,7 @@ BatchesDep = Annotated[BatchService, Depends(get_batches)]
 ProcessDep = Annotated[ProcessService, Depends(get_process)]
 FilesDep = Annotated[FileService, Depends(get_files)]
 OpenAIDep = Annotated[OpenAIService, Depends(get_openai)]
+RetriesDep = Annotated[RetryService, Depends(get_retries)]
 
 IdempotencyKey = Annotated[
     str | None,

@@ -151,6 +151,37 @@ class BatchCreated(BatchView):
     workers: WorkersStarted = Field(default_factory=dict)
 
 
+class RetryCreate(BaseModel):
+    """Which lines of the ended batch to send again (both when the body is left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failed: bool = Field(
+        default=True, description="Requests that ran and failed (llama-server refused them)."
+    )
+    unfinished: bool = Field(
+        default=True,
+        description="Requests that never ran: batch_cancelled, batch_expired, "
+        "batch_budget_exceeded.",
+    )
+
+
+class RetrySelection(BaseModel):
+    of: str = Field(description="The batch retried.")
+    failed: int = Field(description="Failed lines sent again.")
+    unfinished: int = Field(description="Unfinished lines sent again.")
+    left_out: dict[str, int] = Field(
+        default_factory=dict,
+        description="Lines not sent, by why: invalid_request_line (they would fail the same "
+        "way again), failed or unfinished (not asked for).",
+    )
+    left_out_reason: str | None = None
+
+
+class BatchRetried(BatchCreated):
+    retry: RetrySelection
+
+
 class BatchList(BaseModel):
     object: Literal["list"] = "list"
     data: list[BatchView]

@@ -44,6 +44,9 @@ from kernel.keys import (
     file_id_for_key,
     input_key,
     output_key,
+    parse_retry_link_key,
+    retry_link_key,
+    retry_links_prefix,
 )
 from kernel.lifecycle import BatchState, completion_window_seconds, is_final, timestamp_field
 from kernel.lines import LineError, check_json_value
@@ -240,9 +243,13 @@ class BatchService:
         max_cost_usd: float | None = None,
         completion_window: str | None = None,
         idempotency_key: str | None = None,
+        batch_id: str | None = None,
+        retry_of: str | None = None,
     ) -> BatchView:
         """Stages the input and starts the batch. With an `idempotency_key`, the batch id
-        comes from the key: a retry returns the batch the first request started."""
+        comes from the key: a retry returns the batch the first request started. `batch_id`
+        and `retry_of` are a retry's (app.services.retries): its id, chosen when its input
+        was staged, and the batch it retries."""
         check_defaults(defaults)
         if items is not None and len(items) > self.settings.MAX_INLINE_ITEMS:
             raise InvalidRequest(
@@ -279,7 +286,7 @@ class BatchService:
             if existing is not None:
                 logger.info("batch %s: returned again for its Idempotency-Key", batch_id)
                 return existing
-        else:
+        elif batch_id is None:
             batch_id = new_batch_id()
         await ensure_room(self.settings, "new batches")
         staged = False
@@ -313,6 +320,7 @@ class BatchService:
             max_cost_usd=max_cost_usd,
             completion_window=completion_window,
             expires_at=expires_at,
+            retry_of=retry_of,
         )
         params = BatchInput(
             batch_id=batch_id,
@@ -390,7 +398,54 @@ class BatchService:
             description
         ):
             batch = as_cancelling(batch, now)  # the workflow has yet to publish it
-        return BatchView.of(batch, now)
+        view = BatchView.of(batch, now)
+        if view.is_terminal:  # only an ended batch is retried
+            view.retried_by = await asyncio.to_thread(self._retried_by, batch_id)
+        return view
+
+    def _retried_by(self, batch_id: str) -> list[str]:
+        """The batches retrying this one (their links in the bucket), oldest first; none
+        when S3 does not answer (the status must not wait for it)."""
+        try:
+            links = list(storage.list_objects(self.s3, self.bucket, retry_links_prefix(batch_id)))
+        except storage.S3_FAILURES as exc:
+            logger.warning("batch %s: retry links unreadable: %s", batch_id, exc)
+            return []
+        found = []
+        for link in links:
+            retry_id = parse_retry_link_key(batch_id, link.object_name or "")
+            if retry_id is not None:
+                modified = link.last_modified.timestamp() if link.last_modified else 0.0
+                found.append((modified, retry_id))
+        return [retry_id for _, retry_id in sorted(found)]
+
+    def link_retry(self, batch_id: str, retry_id: str, created_at: int) -> None:
+        """Records that `retry_id` retries `batch_id` (`retried_by` on the original)."""
+        record = {"retry_of": batch_id, "id": retry_id, "created_at": created_at}
+        storage.put_bytes(
+            self.s3,
+            self.bucket,
+            retry_link_key(batch_id, retry_id),
+            json.dumps(record).encode(),
+            content_type="application/json",
+        )
+
+    async def start_input(self, batch_id: str) -> BatchInput:
+        """What the batch's workflow was started with (its defaults and shard size are in
+        no memo): the latest run's input, which carries the first run's settings on."""
+        client = await temporal_client(self.temporal)
+        handle = client.get_workflow_handle(batch_id)
+        try:
+            async for event in handle.fetch_history_events(page_size=1):
+                attributes = event.workflow_execution_started_event_attributes
+                values = await client.data_converter.decode(attributes.input.payloads, [BatchInput])
+                found: BatchInput = values[0]
+                return found
+        except RPCError as exc:
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                raise NotFound(f"no batch with id {batch_id!r}") from None
+            raise ServiceUnavailable(f"Temporal: {exc}") from exc
+        raise NotFound(f"no batch with id {batch_id!r}")
 
     async def recent(self, limit: int) -> list[BatchView]:
         """The `limit` batches created last, newest first."""

@@ -11,7 +11,8 @@ Routes:
   file the user picked) → the API's `POST /batch` with the lines as inline `items`. A line
   that is not JSON is refused here with its number; the API checks the rest (and its own
   MAX_INLINE_ITEMS and MAX_REQUEST_BYTES limits).
-* `GET /api/batch/{id}` → `GET /batch/{id}`; `POST /api/batch/{id}/cancel` → the cancel.
+* `GET /api/batch/{id}` → `GET /batch/{id}`; `POST /api/batch/{id}/cancel` → the cancel;
+  `POST /api/batch/{id}/retry` → the retry of its failed and unfinished lines.
 * `GET /api/batch/{id}/results` and `.../errors` → the JSONL streamed through, as a
   download named `{id}-output.jsonl` / `{id}-errors.jsonl`.
 
@@ -358,6 +359,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/api/batch/{batch_id}/cancel")
     async def cancel(request: Request, batch_id: str) -> Response:
         return await proxy(request).call("POST", f"/batch/{batch_id}/cancel")
+
+    @app.post("/api/batch/{batch_id}/retry")
+    async def retry(request: Request, batch_id: str) -> Response:
+        return await proxy(request).call("POST", f"/batch/{batch_id}/retry", body={})
 
     @app.get("/api/batch/{batch_id}/results")
     async def results(request: Request, batch_id: str) -> Response:

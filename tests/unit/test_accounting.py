@@ -213,3 +213,30 @@ def test_every_ending_but_completed_has_a_code() -> None:
     assert UNFINISHED_ERRORS["budget"][0] == "batch_budget_exceeded"
     assert UNFINISHED_ERRORS["cancelled"][0] == "batch_cancelled"
     assert UNFINISHED_ERRORS["expired"][0] == "batch_expired"
+
+
+def test_a_batch_cancelled_before_its_split_accounts_for_every_input_line() -> None:
+    """Cancelled while validating: no shard exists, so the merge reads the input itself and
+    writes each line (a blank one is no line) as a batch_cancelled error line."""
+    bucket = MemoryBucket()
+    raw = b'{"custom_id": "a", "messages": []}\n\nnot json\n{"custom_id": "b", "prompt": "x"}\n'
+    bucket.put_object("x", "in.jsonl", io.BytesIO(raw), length=len(raw))
+    params = MergeInput(
+        batch_id="b",
+        bucket="x",
+        shard_count=0,
+        status="cancelled",
+        total=0,
+        created_at=0,
+        end_reason="cancelled",
+        unsplit_input_key="in.jsonl",
+    )
+    merged = ActivityEnvironment().run(BatchIOActivities(bucket).merge_results, params)  # type: ignore[arg-type]
+    assert (merged.total, merged.completed, merged.failed) == (3, 0, 3)
+    errors = [json.loads(x) for x in bucket.objects[errors_key("b")].splitlines()]
+    assert [(e["custom_id"], e["line"], e["error"]["code"]) for e in errors] == [
+        ("a", 1, "batch_cancelled"),
+        (None, 3, "batch_cancelled"),
+        ("b", 4, "batch_cancelled"),
+    ]
+    assert bucket.objects[output_key("b")] == b""

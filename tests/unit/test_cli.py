@@ -449,3 +449,58 @@ def test_formatting() -> None:
     assert main.money(None) == "cost unknown"
     assert main.money(12.345) == "$12.35"
     assert main.rate(1234.5, "req/s") == "1,234 req/s"
+
+
+RETRY = {
+    **BATCH,
+    "id": "batch_2",
+    "status": "validating",
+    "retry_of": "batch_1",
+    "retry": {
+        "of": "batch_1",
+        "failed": 1,
+        "unfinished": 0,
+        "left_out": {"invalid_request_line": 2},
+        "left_out_reason": "invalid input lines (invalid_request_line) would fail the same way",
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("flags", "body"),
+    [
+        ((), {"failed": True, "unfinished": True}),
+        (("--failed",), {"failed": True, "unfinished": False}),
+        (("--unfinished",), {"failed": False, "unfinished": True}),
+        (("--failed", "--unfinished"), {"failed": True, "unfinished": True}),
+    ],
+)
+def test_retry_posts_what_to_send_again(
+    api: FakeApi, invoke: Invoke, flags: tuple[str, ...], body: dict[str, bool]
+) -> None:
+    api.others["batch_1/retry"] = RETRY
+    result = invoke("retry", "batch_1", *flags)
+    assert result.exit_code == 0, result.output
+    request = api.requests[-1]
+    assert (request.method, request.url.path) == ("POST", "/batch/batch_1/retry")
+    assert json.loads(request.content) == body
+    assert "batch_2 validating (retry of batch_1)" in result.stdout
+    assert "left out: 2 invalid_request_line" in result.stderr
+
+
+def test_retry_watch_ends_with_the_retry_exit_code_and_status_shows_the_links(
+    api: FakeApi, invoke: Invoke
+) -> None:
+    api.others["batch_1/retry"] = RETRY
+    api.others["batch_2"] = {**RETRY, "status": "cancelled", "is_terminal": True}
+    assert invoke("retry", "batch_1", "--watch").exit_code == 3
+    api.others["batch_1"] = {**BATCH, "retried_by": ["batch_2", "batch_3"]}
+    shown = " ".join(invoke("status", "batch_1").stdout.split())
+    assert "retried by batch_2, batch_3" in shown
+    assert "retry of batch_1" in " ".join(invoke("status", "batch_2").stdout.split())
+
+
+def test_results_merged_asks_for_the_chain(api: FakeApi, invoke: Invoke) -> None:
+    api.others["batch_1/results"] = {}
+    invoke("results", "batch_1", "--merged")
+    assert api.requests[-1].url.params["merged"] == "true"

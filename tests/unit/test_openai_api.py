@@ -190,3 +190,12 @@ def test_the_batch_object_has_every_field_of_the_clients_model() -> None:
     file = OpenAIFile(**stored.openai()).model_dump(mode="json")
     assert set(FileObject.model_fields) <= set(file)
     FileObject.model_validate(file)
+
+
+def test_v1_batches_listing_refuses_unknown_query_parameters(keyed: TestClient) -> None:
+    response = keyed.get("/v1/batches?limit=2&bogus=1&statuss=x", headers=AUTH)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert "bogus" in error["message"] and "statuss" in error["message"]
+    assert error["param"] == "bogus"
+    assert error["code"] == "unknown_parameter"

@@ -99,6 +99,18 @@ def invalid_line(line_no: int, custom_id: str | None, message: str) -> dict[str,
     }
 
 
+def _custom_id_of(raw: bytes | TooLong) -> str | None:
+    """The custom_id a raw input line names, if it names a string one."""
+    if isinstance(raw, TooLong):
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    custom_id = value.get("custom_id") if isinstance(value, dict) else None
+    return custom_id if isinstance(custom_id, str) else None
+
+
 class BatchIOActivities:
     def __init__(self, s3: Minio) -> None:
         self.s3 = s3
@@ -207,6 +219,8 @@ class BatchIOActivities:
         def lines(key: str) -> Iterator[bytes]:
             return read_lines(self.s3, params.bucket, key, missing_ok=True)
 
+        if params.unsplit_input_key and never_ran is not None:
+            return self._merge_unsplit(params, never_ran, heartbeat)
         with JsonlSpool(self.s3, params.bucket) as out, JsonlSpool(self.s3, params.bucket) as err:
             for line in lines(invalid_lines_key(params.batch_id)):
                 err.write(line + b"\n")
@@ -236,22 +250,7 @@ class BatchIOActivities:
             failed += unfinished
             out.upload(output_key(params.batch_id))
             err.upload(errors_key(params.batch_id))
-        summary = {
-            "id": params.batch_id,
-            "status": params.status,
-            "request_counts": {"total": params.total, "completed": completed, "failed": failed},
-            "created_at": params.created_at,
-            "completed_at": int(time.time()),
-            "output_key": output_key(params.batch_id),
-            "error_key": errors_key(params.batch_id),
-        }
-        put_bytes(
-            self.s3,
-            params.bucket,
-            summary_key(params.batch_id),
-            json.dumps(summary, indent=2).encode(),
-            content_type="application/json",
-        )
+        self._write_summary(params, params.total, completed, failed)
         activity.logger.info(
             "batch %s merged: %d completed, %d failed (%d never ran)",
             params.batch_id,
@@ -264,4 +263,61 @@ class BatchIOActivities:
             failed=failed,
             output_key=output_key(params.batch_id),
             error_key=errors_key(params.batch_id),
+        )
+
+    def _merge_unsplit(
+        self, params: MergeInput, never_ran: tuple[str, str], heartbeat: _Heartbeat
+    ) -> MergeResult:
+        """A batch that ended before its input was split (cancelled while validating): each
+        input line is an error line with the ending's code, its custom_id as far as the line
+        gives one (the split never checked it). Streams the input; constant memory."""
+        total = 0
+        with JsonlSpool(self.s3, params.bucket) as out, JsonlSpool(self.s3, params.bucket) as err:
+            try:
+                chunks = stream_object(self.s3, params.bucket, params.unsplit_input_key)
+            except S3Error as exc:
+                if not is_missing(exc):
+                    raise
+            else:
+                with chunks:
+                    for line_no, raw in enumerate(iter_lines(chunks, MAX_LINE_BYTES), start=1):
+                        if isinstance(raw, bytes) and not raw.strip():
+                            continue
+                        total += 1
+                        heartbeat(line_no)
+                        record = unfinished_line(line_no, _custom_id_of(raw), *never_ran)
+                        err.write(json.dumps(record).encode() + b"\n")
+            out.upload(output_key(params.batch_id))
+            err.upload(errors_key(params.batch_id))
+        self._write_summary(params, total, 0, total)
+        activity.logger.info(
+            "batch %s ended before its split: %d line(s), each %s",
+            params.batch_id,
+            total,
+            never_ran[0],
+        )
+        return MergeResult(
+            completed=0,
+            failed=total,
+            output_key=output_key(params.batch_id),
+            error_key=errors_key(params.batch_id),
+            total=total,
+        )
+
+    def _write_summary(self, params: MergeInput, total: int, completed: int, failed: int) -> None:
+        summary = {
+            "id": params.batch_id,
+            "status": params.status,
+            "request_counts": {"total": total, "completed": completed, "failed": failed},
+            "created_at": params.created_at,
+            "completed_at": int(time.time()),
+            "output_key": output_key(params.batch_id),
+            "error_key": errors_key(params.batch_id),
+        }
+        put_bytes(
+            self.s3,
+            params.bucket,
+            summary_key(params.batch_id),
+            json.dumps(summary, indent=2).encode(),
+            content_type="application/json",
         )

@@ -13,7 +13,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -68,6 +68,11 @@ class _Expired(Exception):
     """The batch's completion window ran out while shards were left (see `_time_left`)."""
 
 
+# Patched in round4: a cancel while the split runs ends the batch through the merge (every
+# input line a `batch_cancelled` error line), not as a bare cancelled run with total 0. The
+# split's cancelled activity raises ActivityError, which Temporal took as the run's cancel.
+CANCEL_DURING_SPLIT = "cancel-during-split"
+
 # How often a batch that follows the fleet's capacity re-reads it (also while it waits for
 # a shard, so a box that joins mid-batch gets work without waiting for a shard to finish).
 CAPACITY_REFRESH = timedelta(seconds=10)
@@ -81,6 +86,8 @@ class BatchWorkflow:
         self._status = BatchStatus(id="")
         self._capacity = 0
         self._capacity_at: datetime | None = None
+        # Whether the input was split into shards (a cancel can come before).
+        self._split_done = False
 
     def _publish(self, **changes: Any) -> None:
         """Updates the status and publishes the changed fields in the memo."""
@@ -108,9 +115,11 @@ class BatchWorkflow:
         memo = {key: workflow.memo_value(key) for key in workflow.memo()}
         self._status = BatchStatus.model_validate({**memo, "id": params.batch_id})
         progress = params.progress or BatchProgress()
+        self._split_done = params.progress is not None
         try:
             if params.progress is None:
                 progress, first_error = await self._split(params)
+                self._split_done = True
                 if progress.total - progress.invalid == 0:
                     await self._fail_without_valid_lines(params, progress, first_error)
             self._publish(status="in_progress", request_counts=self._counts(progress))
@@ -203,20 +212,27 @@ class BatchWorkflow:
 
     async def _split(self, params: BatchInput) -> tuple[BatchProgress, str]:
         self._publish(status="validating")
-        split = await workflow.execute_activity_method(
-            BatchIOActivities.split_input,
-            SplitInput(
-                batch_id=params.batch_id,
-                bucket=params.bucket,
-                input_key=params.input_key,
-                endpoint=params.endpoint,
-                defaults=params.defaults,
-                shard_size=params.shard_size,
-            ),
-            start_to_close_timeout=IO_TIMEOUT,
-            heartbeat_timeout=IO_HEARTBEAT,
-            retry_policy=IO_RETRY,
-        )
+        try:
+            split = await workflow.execute_activity_method(
+                BatchIOActivities.split_input,
+                SplitInput(
+                    batch_id=params.batch_id,
+                    bucket=params.bucket,
+                    input_key=params.input_key,
+                    endpoint=params.endpoint,
+                    defaults=params.defaults,
+                    shard_size=params.shard_size,
+                ),
+                start_to_close_timeout=IO_TIMEOUT,
+                heartbeat_timeout=IO_HEARTBEAT,
+                retry_policy=IO_RETRY,
+            )
+        except ActivityError as exc:
+            # Cancelled while splitting: end as any cancel does (`run` merges what the input
+            # holds). Histories from before the patch closed the run here.
+            if isinstance(exc.cause, CancelledError) and workflow.patched(CANCEL_DURING_SPLIT):
+                raise asyncio.CancelledError() from exc
+            raise
         if split.first_error:
             self._publish(first_error=split.first_error)
         self._publish(shard_count=split.shard_count, in_progress_at=self._now())
@@ -395,10 +411,13 @@ class BatchWorkflow:
                 total=progress.total,
                 created_at=params.created_at,
                 end_reason=reason,
+                unsplit_input_key="" if self._split_done else params.input_key,
             ),
             start_to_close_timeout=IO_TIMEOUT,
             heartbeat_timeout=IO_HEARTBEAT,
             retry_policy=IO_RETRY,
         )
+        if merged.total and not progress.total:  # ended before the split: the merge counted
+            progress.total = merged.total
         self._publish(output_key=output_key(params.batch_id), error_key=errors_key(params.batch_id))
         return merged

@@ -6,10 +6,19 @@ from typing import Annotated, Any, get_args
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import BatchesDep, IdempotencyKey, WorkersDep
-from app.api.schemas import BatchCreate, BatchCreated, BatchDeleted, BatchList
+from app.api.deps import BatchesDep, IdempotencyKey, RetriesDep, WorkersDep
+from app.api.schemas import (
+    BatchCreate,
+    BatchCreated,
+    BatchDeleted,
+    BatchList,
+    BatchRetried,
+    RetryCreate,
+    RetrySelection,
+)
 from app.core.errors import InvalidRequest
 from kernel.lifecycle import BatchState
+from kernel.retry import INVALID_CODE, LEFT_OUT_REASON
 from kernel.view import BatchView
 
 router = APIRouter(tags=["batches"])
@@ -177,6 +186,41 @@ async def cancel_batch(batch_id: str, batches: BatchesDep) -> BatchView:
     return await batches.cancel(batch_id)
 
 
+@router.post(
+    "/batch/{batch_id}/retry",
+    status_code=202,
+    response_model=BatchRetried,
+    summary="A new batch of an ended batch's failed and/or unfinished lines",
+    responses={
+        404: {"description": "no such batch"},
+        409: {"description": "the batch has not ended, or nothing is left to retry"},
+        410: {"description": "the batch's data was deleted"},
+    },
+)
+async def retry_batch(
+    batch_id: str,
+    retries: RetriesDep,
+    workers: WorkersDep,
+    body: RetryCreate | None = None,
+) -> BatchRetried:
+    """Sends again, with the batch's settings (endpoint, defaults, shard size, completion
+    window, budget, metadata), the requests that failed and/or never ran; invalid input lines
+    are left out (they would fail the same way). The new batch has `retry_of`, the original
+    lists it in `retried_by`."""
+    wanted = body or RetryCreate()
+    batch, counts = await retries.retry(
+        batch_id, failed=wanted.failed, unfinished=wanted.unfinished
+    )
+    selection = RetrySelection(
+        of=batch_id,
+        failed=counts.failed,
+        unfinished=counts.unfinished,
+        left_out=counts.left_out,
+        left_out_reason=LEFT_OUT_REASON if counts.left_out.get(INVALID_CODE) else None,
+    )
+    return BatchRetried(**batch.model_dump(), workers=await workers.ensure(), retry=selection)
+
+
 @router.delete(
     "/batch/{batch_id}",
     response_model=BatchDeleted,
@@ -209,10 +253,29 @@ _JSONL_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _stream(batch_id: str, batches: BatchesDep, errors: bool) -> StreamingResponse:
+async def _stream(
+    batch_id: str, batches: BatchesDep, retries: RetriesDep, errors: bool, merged: bool
+) -> StreamingResponse:
+    if merged:
+        batch, chain, chunks, partial = await retries.merged(batch_id, errors=errors)
+        headers = {
+            "X-Batch-Status": batch.status,
+            "X-Partial": "true" if partial else "false",
+            "X-Batch-Chain": ",".join(b.id for b in chain),
+        }
+        return StreamingResponse(chunks, media_type="application/x-ndjson", headers=headers)
     batch, chunks, partial = await batches.results(batch_id, errors=errors)
     headers = {"X-Batch-Status": batch.status, "X-Partial": "true" if partial else "false"}
     return StreamingResponse(chunks, media_type="application/x-ndjson", headers=headers)
+
+
+Merged = Annotated[
+    bool,
+    Query(
+        description="One line per custom_id across the batch's chain of retries (retry_of, "
+        "retried_by, both ways), the newest batch's answer winning."
+    ),
+]
 
 
 @router.get(
@@ -221,8 +284,10 @@ async def _stream(batch_id: str, batches: BatchesDep, errors: bool) -> Streaming
     response_class=StreamingResponse,
     responses=_JSONL_RESPONSE,
 )
-async def batch_results(batch_id: str, batches: BatchesDep) -> StreamingResponse:
-    return await _stream(batch_id, batches, errors=False)
+async def batch_results(
+    batch_id: str, batches: BatchesDep, retries: RetriesDep, merged: Merged = False
+) -> StreamingResponse:
+    return await _stream(batch_id, batches, retries, errors=False, merged=merged)
 
 
 @router.get(
@@ -231,5 +296,7 @@ async def batch_results(batch_id: str, batches: BatchesDep) -> StreamingResponse
     response_class=StreamingResponse,
     responses=_JSONL_RESPONSE,
 )
-async def batch_errors(batch_id: str, batches: BatchesDep) -> StreamingResponse:
-    return await _stream(batch_id, batches, errors=True)
+async def batch_errors(
+    batch_id: str, batches: BatchesDep, retries: RetriesDep, merged: Merged = False
+) -> StreamingResponse:
+    return await _stream(batch_id, batches, retries, errors=True, merged=merged)

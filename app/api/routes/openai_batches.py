@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from app.api.deps import IdempotencyKey, OpenAIDep, WorkersDep
 from app.api.openai_schemas import OpenAIBatch, OpenAIBatchCreate, OpenAIBatchList
+from app.core.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1", tags=["OpenAI: batches"])
 
@@ -26,12 +27,24 @@ async def create_batch(
     return batch
 
 
+_LIST_PARAMS = ("limit", "after")
+
+
 @router.get("/batches", response_model=OpenAIBatchList, summary="Batches, newest first")
 async def list_batches(
+    request: Request,
     openai: OpenAIDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="A batch id: list the ones after it.")] = None,
 ) -> OpenAIBatchList:
+    unknown = sorted(name for name in request.query_params if name not in _LIST_PARAMS)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown query parameter(s): {', '.join(unknown)}; GET /v1/batches takes "
+            f"{' and '.join(_LIST_PARAMS)}",
+            param=unknown[0],
+            code="unknown_parameter",
+        )
     data, has_more = await openai.list_batches(limit, after)
     return OpenAIBatchList(
         data=data,

@@ -388,6 +388,11 @@ function renderDetail(result) {
   // Final per the API: Cancel stays disabled in every final state, and while cancelling.
   const terminal = Boolean(batch.is_terminal);
   document.getElementById("batch-cancel").disabled = terminal || batch.status === "cancelling";
+  // Retry: an ended batch with failed or unfinished lines (the API says when there is none
+  // to send again: invalid input lines are not resent).
+  const retry = document.getElementById("batch-retry");
+  retry.hidden = !(terminal && (counts.failed || 0) > 0);
+  renderChain(batch);
   document.getElementById("download-output").textContent = terminal ? "Download output" : "Download output (so far)";
   document.getElementById("download-errors").textContent = terminal ? "Download errors" : "Download errors (so far)";
   sample(done, usage.total_tokens || 0, terminal);
@@ -450,6 +455,49 @@ function drawChart() {
   ctx.fillText(`peak ${number(maxRps)} req/s · ${number(maxTps)} tok/s`, 8, 14);
 }
 
+function batchLink(id) {
+  const link = el("a", { href: `#batch=${id}` }, id);
+  link.addEventListener("click", (event) => { event.preventDefault(); select(id); });
+  return link;
+}
+
+function renderChain(batch) {
+  const chain = document.getElementById("detail-chain");
+  const parts = [];
+  if (batch.retry_of) parts.push("retry of ", batchLink(batch.retry_of));
+  const retries = batch.retried_by || [];
+  if (retries.length) {
+    if (parts.length) parts.push("; ");
+    parts.push("retried by ");
+    retries.forEach((id, i) => { if (i) parts.push(", "); parts.push(batchLink(id)); });
+  }
+  chain.hidden = !parts.length;
+  chain.replaceChildren(...parts);
+}
+
+async function retrySelected() {
+  if (!selected) return;
+  const original = selected;
+  const button = document.getElementById("batch-retry");
+  button.disabled = true;
+  try {
+    const response = await fetch(`api/batch/${encodeURIComponent(original)}/retry`, { method: "POST" });
+    let body = null;
+    try { body = await response.json(); } catch { body = null; }
+    if (!response.ok || !body || !body.id) {
+      say((body && body.error && body.error.message) || `HTTP ${response.status}`, "error");
+      return;
+    }
+    const sent = body.retry || {};
+    say(`started ${body.id}: retry of ${original} (${sent.failed || 0} failed, ${sent.unfinished || 0} unfinished)`, "ok");
+    select(body.id);
+  } catch (err) {
+    say(`the dashboard server is not answering (${err.message})`, "error");
+  } finally {
+    button.disabled = false;
+  }
+}
+
 async function cancelSelected() {
   if (!selected) return;
   const button = document.getElementById("batch-cancel");
@@ -475,6 +523,7 @@ async function cancelSelected() {
 
 document.getElementById("batch-form").addEventListener("submit", submitBatch);
 document.getElementById("batch-cancel").addEventListener("click", cancelSelected);
+document.getElementById("batch-retry").addEventListener("click", retrySelected);
 const fromHash = /^#batch=(batch_[A-Za-z0-9_-]+)$/.exec(location.hash);
 if (fromHash) select(fromHash[1]);
 
