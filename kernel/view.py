@@ -67,8 +67,9 @@ def batch_cost_usd(
         if box.cost_usd is None:
             return None
         total += box.cost_usd
+    # Published seconds are rounded to the millisecond: a few of them do not make a claim.
     unclaimed = gpu_seconds - sum(box.gpu_seconds for box in box_costs.values())
-    if unclaimed > 0.001:
+    if unclaimed > 0.01:
         if not price_per_hour:
             return None
         total += price_per_hour * box_seconds_billed(unclaimed, elapsed_s) / 3600
