@@ -81,7 +81,9 @@ def test_cost_is_each_box_time_at_its_own_price(
     batch = batches.submit(stack, items=items, shard_size=SHARD)
     done = batches.wait_terminal(stack, batch["id"], timeout=600)
     assert done["status"] == "completed", done
-    batches.assert_exactly_once(batches.results(stack, batch["id"]), {i["custom_id"] for i in items})
+    batches.assert_exactly_once(
+        batches.results(stack, batch["id"]), {i["custom_id"] for i in items}
+    )
 
     costs = done["box_costs"]
     assert set(costs) == {"box-a", "box-b"} == set(done["boxes"])
