@@ -187,6 +187,13 @@ def money(value: float | None) -> str:
     return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
 
 
+def box_cost_text(box: dict[str, Any]) -> str:
+    """One box's share of the cost: its GPU time, its price and what they cost."""
+    price = box.get("price_per_hour")
+    at = f"${price:g}/h" if price is not None else "no price"
+    return f"{box.get('gpu_seconds', 0):.1f}s GPU at {at}: {money(box.get('cost_usd'))}"
+
+
 def progress_line(batch: dict[str, Any]) -> str:
     counts = batch.get("request_counts") or {}
     done = counts.get("completed", 0) + counts.get("failed", 0)
@@ -244,6 +251,8 @@ def batch_table(batch: dict[str, Any]) -> Table:
         rows.append(("budget", money(batch["max_cost_usd"])))
     if batch.get("boxes"):
         rows.append(("boxes", ", ".join(f"{k}: {v}" for k, v in batch["boxes"].items())))
+    for name, box in (batch.get("box_costs") or {}).items():
+        rows.append((f"  {name}", box_cost_text(box)))
     if batch.get("errors"):
         rows.append(("error", str(batch["errors"].get("message"))))
     for key in ("output_key", "error_key"):

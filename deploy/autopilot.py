@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dotenv import dotenv_values
+
 from deploy import offers as offer_filters
 from deploy.vast import Instance, VastApi, VastError
 
@@ -67,22 +69,12 @@ def state_dir() -> Path:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines (quotes removed; nothing executed), as deploy_vast.sh reads them."""
-    values: dict[str, str] = {}
+    """KEY=VALUE lines (quotes and `export` removed, nothing expanded or executed), as
+    deploy_vast.sh reads them; a key without a value is left out."""
     if not path.is_file():
-        return values
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.removeprefix("export ").split("=", 1)
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key.strip()] = value
-    return values
+        return {}
+    values = dotenv_values(path, interpolate=False)
+    return {key: value for key, value in values.items() if value is not None}
 
 
 # The ledger -------------------------------------------------------------------------------

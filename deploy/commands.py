@@ -13,7 +13,7 @@ import shutil
 import subprocess
 
 from deploy import fleet
-from deploy.cli import Context, command
+from deploy.cli import Context, Run, command
 from deploy.console import PROGRAM_NAME, DeployError, log, out, sq
 from deploy.converge import converge
 from deploy.preflight import preflight, prepare_ssh
@@ -279,47 +279,44 @@ def _autopilot(name: str, ctx: Context, words: list[str]) -> int:
     return autopilot.main([name, *words, *flags])
 
 
-@command(
-    "up",
-    "rent instances on Vast.ai (cheapest offers that fit), deploy and health-gate\n"
-    "each, record them (docs/autopilot.md)",
-    usage="up --count N --max-price USD [--gpu NAME] [--interruptible [--bid USD]]",
-    settings=False,
-    rest=True,
+# The renting commands: (launcher name, deploy.autopilot subcommand, help, usage).
+RENTING = (
+    (
+        "up",
+        "up",
+        "rent instances on Vast.ai (cheapest offers that fit), deploy and health-gate\n"
+        "each, record them (docs/autopilot.md)",
+        "up --count N --max-price USD [--gpu NAME] [--interruptible [--bid USD]]",
+    ),
+    (
+        "down",
+        "down",
+        "destroy rented instances (never only stop: a stopped one bills its disk);\n"
+        "refuses a standalone box holding the only copy of results unless --force",
+        "down NAME...|--all [--force]",
+    ),
+    (
+        "boxes",
+        "status",
+        "the rented instances: offer, price per hour, kind, uptime, spend, state",
+        "",
+    ),
+    (
+        "drain",
+        "watch",
+        "follow a batch: replace lost or outbid boxes while it has work, release idle\n"
+        "ones, print the spend",
+        "drain --api URL --batch ID [up's flags]",
+    ),
 )
-def up_command(ctx: Context, args: argparse.Namespace) -> int:
-    return _autopilot("up", ctx, args.rest)
 
 
-@command(
-    "down",
-    "destroy rented instances (never only stop: a stopped one bills its disk);\n"
-    "refuses a standalone box holding the only copy of results unless --force",
-    usage="down NAME...|--all [--force]",
-    settings=False,
-    rest=True,
-)
-def down_command(ctx: Context, args: argparse.Namespace) -> int:
-    return _autopilot("down", ctx, args.rest)
+def _renting(subcommand: str) -> Run:
+    def run(ctx: Context, args: argparse.Namespace) -> int:
+        return _autopilot(subcommand, ctx, args.rest)
+
+    return run
 
 
-@command(
-    "boxes",
-    "the rented instances: offer, price per hour, kind, uptime, spend, state",
-    settings=False,
-    rest=True,
-)
-def boxes_command(ctx: Context, args: argparse.Namespace) -> int:
-    return _autopilot("status", ctx, args.rest)
-
-
-@command(
-    "drain",
-    "follow a batch: replace lost or outbid boxes while it has work, release idle\n"
-    "ones, print the spend",
-    usage="drain --api URL --batch ID [up's flags]",
-    settings=False,
-    rest=True,
-)
-def drain_command(ctx: Context, args: argparse.Namespace) -> int:
-    return _autopilot("watch", ctx, args.rest)
+for _name, _subcommand, _help, _usage in RENTING:
+    command(_name, _help, usage=_usage, settings=False, rest=True)(_renting(_subcommand))

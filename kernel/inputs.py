@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernel.endpoints import CHAT_COMPLETIONS
-from kernel.status import Usage
+from kernel.status import BoxCost, Usage
 
 BATCH_WORKFLOW = "BatchWorkflow"
 PROCESS_WORKFLOW = "ProcessWorkflow"
@@ -36,6 +36,10 @@ class BatchProgress:
     output_tokens: int = 0
     gpu_seconds: float = 0.0
     boxes: dict[str, int] = field(default_factory=dict)
+    # Per box: the GPU seconds of its finished shards, and its own price per hour as its
+    # shards reported it (boxes without one are absent: the batch's price stands for it).
+    box_seconds: dict[str, float] = field(default_factory=dict)
+    box_prices: dict[str, float] = field(default_factory=dict)
 
     def add(self, shard: ShardResult) -> None:
         self.completed += shard.completed
@@ -45,6 +49,17 @@ class BatchProgress:
         self.gpu_seconds += shard.gpu_seconds
         if shard.box:
             self.boxes[shard.box] = self.boxes.get(shard.box, 0) + shard.completed + shard.failed
+            seconds = self.box_seconds.get(shard.box, 0.0) + shard.gpu_seconds
+            self.box_seconds[shard.box] = seconds
+            if shard.price_per_hour > 0:
+                self.box_prices[shard.box] = shard.price_per_hour
+
+    def box_costs(self) -> dict[str, BoxCost]:
+        """GPU seconds and own price per box (the cost is worked out when read)."""
+        return {
+            box: BoxCost(gpu_seconds=round(seconds, 3), price_per_hour=self.box_prices.get(box))
+            for box, seconds in sorted(self.box_seconds.items())
+        }
 
     @property
     def usage(self) -> Usage:
@@ -67,8 +82,9 @@ class BatchInput:
     gpu_task_queue: str = "llm-batch-gpu"
     created_at: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
-    # Cost: the box price per hour and the budget; the batch stops as a cancel does (keeping
-    # its results) once its cost passes max_cost_usd.
+    # Cost: the price per hour of a box that reports none of its own, and the budget; the
+    # batch stops as a cancel does (keeping its results) once its cost, summed over the
+    # boxes at each one's price, passes max_cost_usd.
     gpu_price_per_hour: float = 0.0
     max_cost_usd: float | None = None
     # Unix time after which unfinished shards stop and the batch ends "expired" (0: never).
@@ -126,6 +142,9 @@ class ShardResult:
     output_tokens: int = 0
     gpu_seconds: float = 0.0
     box: str = ""
+    # The box's own price (BOX_PRICE_PER_HOUR) when the shard ran: the box may be gone when
+    # the batch's cost is read. 0: unknown (the batch's gpu_price_per_hour stands for it).
+    price_per_hour: float = 0.0
 
 
 @dataclass

@@ -32,6 +32,24 @@ class Usage(BaseModel):
     total_tokens: int = 0
 
 
+class BoxCost(BaseModel):
+    """What one box the batch used cost: its finished shards' GPU time and its price."""
+
+    gpu_seconds: float = Field(
+        default=0.0, description="Wall time the box's finished shards held its slots."
+    )
+    price_per_hour: float | None = Field(
+        default=None,
+        description="USD per hour: the box's own price (BOX_PRICE_PER_HOUR) when its shards "
+        "ran, else the batch's gpu_price_per_hour; null when neither is known.",
+    )
+    cost_usd: float | None = Field(
+        default=None,
+        description="price_per_hour times gpu_seconds (capped at the batch's elapsed time), "
+        "worked out when the batch is read; null without a price.",
+    )
+
+
 # Budget stops published before `end_reason` existed say so only in their message.
 _BUDGET_MESSAGE = "budget reached"
 
@@ -67,8 +85,14 @@ class BatchStatus(BaseModel):
     boxes: dict[str, int] = Field(
         default_factory=dict, description="Requests answered per box (BOX_NAME)."
     )
+    box_costs: dict[str, BoxCost] = Field(
+        default_factory=dict,
+        description="Per box (BOX_NAME): GPU seconds, price per hour and cost; the batch's "
+        "cost_usd is their sum.",
+    )
     gpu_price_per_hour: float | None = Field(
-        default=None, description="Box price (USD per hour) the cost is computed with."
+        default=None,
+        description="Box price (USD per hour) for the boxes that publish none of their own.",
     )
     max_cost_usd: float | None = Field(
         default=None, description="Budget: the batch stops as a cancel does past this cost."

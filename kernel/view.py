@@ -9,27 +9,71 @@ entered that state: no request is answered after it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pydantic import Field
 
 from kernel.lifecycle import TIMESTAMP_FIELDS, is_final, timestamp_field
-from kernel.status import BatchStatus
+from kernel.status import BatchStatus, BoxCost
+
+
+def box_seconds_billed(gpu_seconds: float, elapsed_s: float) -> float:
+    """The time one box is paid for: its finished shards' slot time (`gpu_seconds`), capped
+    at the batch's wall time (several shards share one box's slots at once, so their slot
+    times overlap)."""
+    return min(gpu_seconds, elapsed_s) if elapsed_s > 0 else gpu_seconds
+
+
+def priced_boxes(
+    box_costs: Mapping[str, BoxCost], price_per_hour: float | None, elapsed_s: float
+) -> dict[str, BoxCost]:
+    """Each box's cost: its own price (the one its shards reported), else `price_per_hour`
+    (the batch's), times its billed time; the price and cost stay null without either."""
+    priced: dict[str, BoxCost] = {}
+    for name, box in box_costs.items():
+        price = box.price_per_hour or price_per_hour or None
+        cost = None
+        if price is not None:
+            cost = price * box_seconds_billed(box.gpu_seconds, elapsed_s) / 3600
+        priced[name] = BoxCost(gpu_seconds=box.gpu_seconds, price_per_hour=price, cost_usd=cost)
+    return priced
 
 
 def batch_cost_usd(
-    price_per_hour: float | None, gpu_seconds: float, elapsed_s: float, box_count: int
+    price_per_hour: float | None,
+    gpu_seconds: float,
+    elapsed_s: float,
+    box_count: int,
+    box_costs: Mapping[str, BoxCost] | None = None,
 ) -> float | None:
-    """What a batch cost so far: the box price per hour times the box time it held.
+    """What a batch cost so far: the sum over the boxes it used of each box's price per
+    hour times the box time it held there (`priced_boxes`); slot time no box claimed is
+    paid at `price_per_hour`. None when a box's price, or the price of the unclaimed time,
+    is unknown.
 
-    The box time is the finished shards' slot time (`gpu_seconds`), capped at the batch's
-    wall time on each box that answered: several shards share one box's slots at once, so
-    their slot times overlap. None when no price is known.
+    Batches published before the per-box breakdown (no `box_costs`) have one price for all:
+    `price_per_hour` times the finished shards' slot time, capped at the batch's wall time
+    on each box that answered.
     """
-    if not price_per_hour:
-        return None
-    box_seconds = gpu_seconds
-    if elapsed_s > 0 and box_count > 0:
-        box_seconds = min(gpu_seconds, elapsed_s * box_count)
-    return price_per_hour * box_seconds / 3600
+    if not box_costs:
+        if not price_per_hour:
+            return None
+        box_seconds = gpu_seconds
+        if elapsed_s > 0 and box_count > 0:
+            box_seconds = min(gpu_seconds, elapsed_s * box_count)
+        return price_per_hour * box_seconds / 3600
+    total = 0.0
+    for box in priced_boxes(box_costs, price_per_hour, elapsed_s).values():
+        if box.cost_usd is None:
+            return None
+        total += box.cost_usd
+    # Published seconds are rounded to the millisecond: a few of them do not make a claim.
+    unclaimed = gpu_seconds - sum(box.gpu_seconds for box in box_costs.values())
+    if unclaimed > 0.01:
+        if not price_per_hour:
+            return None
+        total += price_per_hour * box_seconds_billed(unclaimed, elapsed_s) / 3600
+    return total
 
 
 def ended_at(batch: BatchStatus) -> int | None:
@@ -90,7 +134,8 @@ class BatchView(BatchStatus):
     )
     cost_usd: float | None = Field(
         default=None,
-        description="USD so far: gpu_price_per_hour times the box time the batch held.",
+        description="USD so far: the sum over box_costs (each box's price per hour times the "
+        "box time the batch held there).",
     )
     usd_per_million_output_tokens: float | None = Field(
         default=None, description="USD per million completion tokens so far."
@@ -120,14 +165,26 @@ class BatchView(BatchStatus):
         else:
             seconds_left = round(max(0, counts.total - done) / rps, 1)
         cost = batch_cost_usd(
-            batch.gpu_price_per_hour, batch.gpu_seconds, elapsed or 0.0, len(batch.boxes)
+            batch.gpu_price_per_hour,
+            batch.gpu_seconds,
+            elapsed or 0.0,
+            len(batch.boxes),
+            batch.box_costs,
         )
         cost = None if cost is None else round(cost, 6)
+        box_costs = {
+            name: box.model_copy(
+                update={"cost_usd": None if box.cost_usd is None else round(box.cost_usd, 6)}
+            )
+            for name, box in priced_boxes(
+                batch.box_costs, batch.gpu_price_per_hour, elapsed or 0.0
+            ).items()
+        }
         per_million = None
         if cost is not None and usage.output_tokens:
             per_million = round(cost * 1_000_000 / usage.output_tokens, 4)
         return cls(
-            **batch.model_dump(),
+            **{**batch.model_dump(), "box_costs": box_costs},
             is_terminal=final,
             ended_at=ended_at(batch),
             elapsed_seconds=elapsed,

@@ -98,7 +98,9 @@ def build_registry(queue: str, settings: Settings) -> Registry:
         retry_budget_seconds=settings.LLAMA_REQUEST_TIMEOUT_SECONDS,
         health=health,
     )
-    inference = InferenceActivities(s3, llama, settings.box_name, health)
+    inference = InferenceActivities(
+        s3, llama, settings.box_name, health, price_per_hour=settings.BOX_PRICE_PER_HOUR
+    )
     shard_slots = ShardSlots(GPU_CONCURRENT_SHARDS, health)
     return Registry(
         activities=[inference.run_shard],

@@ -93,8 +93,9 @@ class BatchCreate(BaseModel):
     max_cost_usd: float | None = Field(
         default=None,
         gt=0,
-        description="Budget in USD: once the batch's cost (GPU_PRICE_PER_HOUR times the box "
-        "time it used) would pass it, the batch stops as a cancel does, keeping its results.",
+        description="Budget in USD: once the batch's cost (summed over the boxes it used, "
+        "each box's price per hour times the box time it used there) would pass it, the "
+        "batch stops as a cancel does, keeping its results.",
     )
     completion_window: str | None = Field(
         default=None,

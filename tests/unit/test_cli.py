@@ -182,6 +182,26 @@ def test_status_table_shows_rates_time_left_and_cost(invoke: Invoke) -> None:
     assert "$0.0015" in text and "$30.00" in text
 
 
+def test_status_table_shows_the_cost_of_each_box(
+    invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(BATCH, "boxes", {"vast-1": 6, "vast-2": 4})
+    monkeypatch.setitem(
+        BATCH,
+        "box_costs",
+        {
+            "vast-1": {"gpu_seconds": 1.8, "price_per_hour": 0.4, "cost_usd": 0.0002},
+            "vast-2": {"gpu_seconds": 1.2, "price_per_hour": 3.9, "cost_usd": 0.0013},
+        },
+    )
+    result = invoke("status", "batch_1")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "vast-1: 6, vast-2: 4" in text
+    assert "vast-1 1.8s GPU at $0.4/h: $0.0002" in text
+    assert "vast-2 1.2s GPU at $3.9/h: $0.0013" in text
+
+
 def test_status_without_a_box_price_says_how_to_set_one(
     invoke: Invoke, monkeypatch: pytest.MonkeyPatch
 ) -> None:

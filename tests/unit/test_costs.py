@@ -7,7 +7,8 @@ import pytest
 
 from app.services.pricing import price_from_instances
 from app.web.server import batch_body
-from kernel.status import BatchStatus
+from kernel.inputs import BatchProgress, ShardResult
+from kernel.status import BatchStatus, BoxCost
 from kernel.view import BatchView, batch_cost_usd
 
 NOW = 1_100.0
@@ -61,6 +62,64 @@ def test_cost_uses_slot_time_when_it_is_less_than_box_time() -> None:
     assert batch_cost_usd(3.6, gpu_seconds=10, elapsed_s=100, box_count=1) == pytest.approx(0.01)
     assert batch_cost_usd(3.6, gpu_seconds=500, elapsed_s=100, box_count=2) == pytest.approx(0.2)
     assert batch_cost_usd(0.0, gpu_seconds=500, elapsed_s=100, box_count=2) is None
+
+
+def test_cost_is_the_sum_over_boxes_at_each_box_price() -> None:
+    boxes = {
+        "box-a": BoxCost(gpu_seconds=60, price_per_hour=0.36),
+        "box-b": BoxCost(gpu_seconds=30, price_per_hour=1.8),
+    }
+    # 60 s at $0.36/h + 30 s at $1.80/h; the batch's own price is not used for them.
+    expected = 0.36 * 60 / 3600 + 1.8 * 30 / 3600
+    assert batch_cost_usd(9.0, 90, 100, 2, boxes) == pytest.approx(expected)
+    assert batch_cost_usd(None, 90, 100, 2, boxes) == pytest.approx(expected)
+    # Each box's slot time is capped at the batch's wall time on it, box by box.
+    assert batch_cost_usd(None, 90, 40, 2, boxes) == pytest.approx(
+        0.36 * 40 / 3600 + 1.8 * 30 / 3600
+    )
+
+
+def test_a_box_without_a_price_falls_back_to_the_batch_price() -> None:
+    boxes = {
+        "box-a": BoxCost(gpu_seconds=36, price_per_hour=1.0),
+        "box-b": BoxCost(gpu_seconds=36, price_per_hour=None),
+    }
+    assert batch_cost_usd(2.0, 72, 100, 2, boxes) == pytest.approx(0.01 + 0.02)
+    assert batch_cost_usd(0.0, 72, 100, 2, boxes) is None  # box-b's price is unknown
+    # Slot time of shards no box claimed is paid at the batch's price.
+    assert batch_cost_usd(2.0, 108, 100, 2, boxes) == pytest.approx(0.01 + 0.02 + 0.02)
+
+
+def test_progress_keeps_each_box_time_and_the_price_its_shards_reported() -> None:
+    progress = BatchProgress()
+    progress.add(ShardResult(0, 5, 0, gpu_seconds=10.0, box="a", price_per_hour=0.4))
+    progress.add(ShardResult(1, 5, 0, gpu_seconds=20.0, box="b"))
+    progress.add(ShardResult(2, 4, 1, gpu_seconds=5.5, box="a", price_per_hour=0.4))
+    assert progress.box_costs() == {
+        "a": BoxCost(gpu_seconds=15.5, price_per_hour=0.4),
+        "b": BoxCost(gpu_seconds=20.0, price_per_hour=None),
+    }
+    assert progress.boxes == {"a": 10, "b": 5}
+
+
+def test_status_shows_the_cost_of_each_box() -> None:
+    batch = running(
+        gpu_seconds=130.0,
+        boxes={"box-a": 1_500, "box-b": 1_000},
+        gpu_price_per_hour=1.8,
+        box_costs={
+            "box-a": {"gpu_seconds": 90.0, "price_per_hour": 0.36},
+            "box-b": {"gpu_seconds": 40.0},
+        },
+    )
+    assert batch.box_costs["box-a"] == BoxCost(
+        gpu_seconds=90.0, price_per_hour=0.36, cost_usd=0.009
+    )
+    # box-b published no price of its own: the batch's stands for it.
+    assert batch.box_costs["box-b"] == BoxCost(gpu_seconds=40.0, price_per_hour=1.8, cost_usd=0.02)
+    assert batch.cost_usd == pytest.approx(0.029)
+    # A batch published before the breakdown keeps its single-price cost.
+    assert running().box_costs == {} and running().cost_usd == pytest.approx(0.05)
 
 
 def test_price_from_vastai_instances() -> None:

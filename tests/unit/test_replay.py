@@ -95,8 +95,10 @@ def test_patch_markers_of_live_releases() -> None:
         for marker in _patch_markers(path)
     }
     # round2's undeprecated markers made round3 keep `deprecate_patch`; with round2 retired,
-    # round4 calls neither, and records no marker.
+    # round4 calls neither. round4 patches `per-box-cost` (batch.py: the budget sums each
+    # box's time at its own price; round3's budget history keeps the single price).
     assert found == {
         ("round3", "cancel-publishes-first", True),
         ("round3", "request-as-local-activity", True),
+        ("round4", "per-box-cost", False),
     }

@@ -97,11 +97,18 @@ async def _abandon(tasks: Iterable[asyncio.Task[None]]) -> None:
 
 class InferenceActivities:
     def __init__(
-        self, s3: Minio, llama: LlamaClient, box: str, health: LlamaHealth | None = None
+        self,
+        s3: Minio,
+        llama: LlamaClient,
+        box: str,
+        health: LlamaHealth | None = None,
+        price_per_hour: float = 0.0,
     ) -> None:
         self.s3 = s3
         self.llama = llama
         self.box = box
+        # The box's own price (BOX_PRICE_PER_HOUR), reported with each shard it runs.
+        self.price_per_hour = price_per_hour
         # The hand-over is off unless the box's health (the one the llama client feeds) is given.
         self.health = health or LlamaHealth(0.0)
 
@@ -164,6 +171,7 @@ class InferenceActivities:
             output_tokens=output_tokens,
             gpu_seconds=time.monotonic() - started,
             box=self.box,
+            price_per_hour=self.price_per_hour,
         )
 
     async def _finish(

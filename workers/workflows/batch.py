@@ -60,6 +60,13 @@ SHARD_TIMEOUT = timedelta(hours=2)
 SHARD_HEARTBEAT = timedelta(seconds=15)
 
 
+# Patched in round4: the budget check sums each box's GPU time at that box's own price (the
+# price its shards report) instead of one price for all of the batch's GPU time. Histories of
+# earlier releases (no marker) keep the single-price check, so their budget decisions replay
+# as they were made.
+PER_BOX_COST = "per-box-cost"
+
+
 class BudgetReached(Exception):
     """The batch's cost would pass its max_cost_usd: it stops as a cancel does."""
 
@@ -101,6 +108,7 @@ class BatchWorkflow:
             usage=progress.usage,
             gpu_seconds=round(progress.gpu_seconds, 3),
             boxes=dict(progress.boxes),
+            box_costs=progress.box_costs(),
         )
 
     @staticmethod
@@ -342,15 +350,18 @@ class BatchWorkflow:
         self._publish_progress(progress)
 
     def _over_budget(self, params: BatchInput, progress: BatchProgress, running: int) -> str:
-        """A message when one more shard at the average cost so far would pass the budget."""
+        """A message when one more shard at the average cost so far would pass the budget.
+        The cost is summed over the boxes the batch used, each at its own price."""
         if params.max_cost_usd is None or not params.gpu_price_per_hour:
             return ""
         started = self._status.in_progress_at or self._now()
+        per_box = progress.box_costs() if workflow.patched(PER_BOX_COST) else None
         cost = batch_cost_usd(
             params.gpu_price_per_hour,
             progress.gpu_seconds,
             float(self._now() - started),
             len(progress.boxes),
+            per_box,
         )
         finished = progress.next_shard - running
         if cost is None or not finished:
