@@ -5,8 +5,9 @@
 Starts the stack (harness.stack, free ports) and a second GPU box (harness.fleet.Box), in a
 network namespace of its own when `harness.netns` can make one, so that its partitions are
 real. Batches (about 20,000 lines for 30 minutes, scaled with N) are submitted over the
-first three quarters of the run, at most three running at once; meanwhile a fault drawn with the seed from FAULTS fires,
-lasts a bounded time and is undone, then the next fires 30-90 s after the last one began.
+first three quarters of the run, at most three running at once; meanwhile a fault drawn
+with the seed from FAULTS fires, lasts a bounded time and is undone, then the next fires
+30-90 s after the last one began.
 
 Checked at the end (exit 0 when all hold, else 1 with one line per broken invariant):
 every batch completed with every custom_id exactly once and no error line; no batch went
