@@ -612,8 +612,9 @@ def check_processes(chaos: Chaos) -> tuple[list[str], list[dict[str, Any]]]:
     for name, samples in sorted(chaos.processes.items()):
         head = [s for s in samples if s[0] <= samples[0][0] + max(60.0, run_end * 0.1)]
         tail = [s for s in samples if s[0] >= run_end - max(30.0, run_end * 0.05)]
-        if not tail:
-            continue  # not running at the end (an idle worker that exited)
+        if not tail:  # not running at the end (an idle worker that exited): its last samples
+            last = samples[-1][1]
+            tail = [s for s in samples if s[1] == last][-max(1, len(head)) :]
         rss0 = statistics.median(s[2] for s in head)
         rss1 = statistics.median(s[2] for s in tail)
         fds0 = statistics.median(s[3] for s in head)
@@ -627,6 +628,7 @@ def check_processes(chaos: Chaos) -> tuple[list[str], list[dict[str, Any]]]:
             "fds_start": fds0,
             "fds_end": fds1,
             "fds_max": max(s[3] for s in samples),
+            "end_at_s": tail[-1][0],
         }
         rows.append(row)
         if rss1 > RSS_BOUND[0] * rss0 + RSS_BOUND[1]:
@@ -670,14 +672,14 @@ def check_logs(chaos: Chaos) -> tuple[list[str], list[dict[str, Any]]]:
     found = [tb for path in log_files(chaos) for tb in tracebacks(path, chaos.t0_wall)]
     for tb in found:
         t = tb["t"]
-        tb["fault"] = next(
-            (
-                f"{f.fault} {f.target} at {f.at:.0f}s"
-                for f in chaos.faults
-                if t is not None and f.at - 2 <= t <= f.ended + TRACEBACK_GRACE_SECONDS
-            ),
-            None,
-        )
+        # The latest fault whose window holds it (the one that began last before it).
+        windows = [
+            f
+            for f in chaos.faults
+            if t is not None and f.at - 2 <= t <= f.ended + TRACEBACK_GRACE_SECONDS
+        ]
+        cause = max(windows, key=lambda f: f.at, default=None)
+        tb["fault"] = f"{cause.fault} {cause.target} at {cause.at:.0f}s" if cause else None
     unexplained = [tb for tb in found if tb["fault"] is None]
     broken = [
         f"traceback outside any fault's window: {tb['log']}:{tb['line']} (t={tb['t']}s) "
