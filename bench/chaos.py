@@ -586,13 +586,16 @@ def longest_stall(batch: BatchRecord) -> float:
     return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
 
 
-def check_progress(chaos: Chaos, rows: list[dict[str, Any]]) -> tuple[list[str], float]:
+def check_progress(
+    chaos: Chaos, rows: list[dict[str, Any]], slack: float = 0.0
+) -> tuple[list[str], float]:
     """The longest stretch each batch went without progress (a shard finished, or a change
     of status), against the longest fault plus the heartbeat timeout, plus the shard
     retry's backoff cap (a shard failed again and again by faults waits that long for its
-    next attempt) and the sampling period."""
+    next attempt) and the sampling period, plus `slack` (a machine shared with other work
+    starts programs tens of seconds slower)."""
     longest = max((f.duration for f in chaos.faults), default=0.0)
-    bound = longest + HEARTBEAT_SECONDS + RETRY_CAP_SECONDS + 2 * SAMPLE_SECONDS
+    bound = longest + HEARTBEAT_SECONDS + RETRY_CAP_SECONDS + 2 * SAMPLE_SECONDS + slack
     broken = []
     for batch, row in zip(chaos.batches, rows, strict=True):
         stall = longest_stall(batch)
@@ -724,6 +727,7 @@ def soak(
     lines: int | None = None,
     base: Path | None = None,
     drain_minutes: float = 5.0,
+    stall_slack: float = 0.0,
 ) -> int:
     """The soak; returns the exit status (0: every invariant held)."""
     seed = seed if seed is not None else random.randrange(1 << 31)
@@ -739,7 +743,7 @@ def soak(
         timing = chaos.run(drain_minutes)
         with chaos.http() as client:
             broken, batch_rows = check_batches(chaos, client)
-        stalls, bound = check_progress(chaos, batch_rows)
+        stalls, bound = check_progress(chaos, batch_rows, stall_slack)
         grown, process_rows = check_processes(chaos)
         unexplained, traces = check_logs(chaos)
     finally:
@@ -810,8 +814,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--drain-minutes", type=float, default=5.0, help="how long batches may run on after"
     )
+    parser.add_argument(
+        "--stall-slack",
+        type=float,
+        default=0.0,
+        help="seconds added to the stall bound (a machine busy with other work)",
+    )
     options = parser.parse_args(argv)
-    return soak(options.minutes, options.seed, options.lines, options.dir, options.drain_minutes)
+    return soak(
+        options.minutes,
+        options.seed,
+        options.lines,
+        options.dir,
+        options.drain_minutes,
+        options.stall_slack,
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,13 @@ def load_bench():  # bench/ is scripts, not a package
 @pytest.mark.timeout(1200)
 def test_a_three_minute_soak_holds_every_invariant(tmp_path: Path) -> None:
     chaos = load_bench()
+    # The slack: on a test machine busy with other work, a whole-stack restart alone can take
+    # a minute longer than on a quiet one; a wedged batch stalls for good, far past it.
     status = chaos.main(
-        ["--minutes", "3", "--seed", "20", "--lines", "600", "--dir", str(tmp_path / "run")]
+        [
+            *("--minutes", "3", "--seed", "20", "--lines", "600"),
+            *("--stall-slack", "90", "--dir", str(tmp_path / "run")),
+        ]
     )
     report = json.loads((tmp_path / "run" / "chaos.json").read_text())
     assert report["fault_log"], "at least one fault fired"
