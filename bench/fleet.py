@@ -89,13 +89,9 @@ def main() -> int:
             LLAMA_EXTRA_ARGS=extra,
             WORKER_IDLE_EXIT_SECONDS="600",
         )
-        box_b = Box(
-            stack,
-            "box-b",
-            options.slots,
-            Path(base),
-            **({"LLAMA_EXTRA_ARGS": extra} if extra else {}),
-        )
+        box_b = Box(stack, "box-b", options.slots, Path(base))
+        if extra:
+            box_b.extra["LLAMA_EXTRA_ARGS"] = extra
         try:
             run_batch(stack, 200, options.max_tokens, options.shard_size, "warm")
             wait_live(stack, {"box-a"})

@@ -4,12 +4,16 @@ request is answered 500, as a llama-server whose GPU driver faulted does. `poiso
 requests whose body contains that text fail (one bad prompt on a sound server).
 
 It runs in a thread of the test process, on 127.0.0.1; the llama-server behind it and
-everything else stay real.
+everything else stay real. Where the server lives in a network namespace of its own, the
+proxy runs there as a process (`python -m harness.sick_llama --port P --target-port T
+--sick-file F`): it is sick while the file F exists.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import threading
 
 import aiohttp
@@ -21,10 +25,13 @@ FAILURE = {"error": {"code": 500, "type": "server_error", "message": "CUDA error
 
 
 class SickLlamaProxy:
-    def __init__(self, target_port: int) -> None:
+    def __init__(
+        self, target_port: int, port: int | None = None, sick_file: str | None = None
+    ) -> None:
         self.target = f"http://127.0.0.1:{target_port}"
-        self.port = free_port()
+        self.port = port or free_port()
         self.sick = False
+        self.sick_file = sick_file  # sick while this file exists, too
         self.poison: str | None = None
         self.failed = 0  # requests answered 500 by the proxy itself
         self._loop = asyncio.new_event_loop()
@@ -39,7 +46,9 @@ class SickLlamaProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         failing = request.path != "/health" and (
-            self.sick or (self.poison is not None and self.poison.encode() in body)
+            self.sick
+            or (self.sick_file is not None and os.path.exists(self.sick_file))
+            or (self.poison is not None and self.poison.encode() in body)
         )
         if failing:
             self.failed += 1
@@ -85,3 +94,21 @@ class SickLlamaProxy:
             asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=30)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+
+
+def main() -> None:
+    """The proxy as a process of its own (inside a network namespace), until killed."""
+    parser = argparse.ArgumentParser(description="llama-server proxy that can answer 500")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--target-port", type=int, required=True)
+    parser.add_argument("--sick-file", required=True, help="sick while this file exists")
+    options = parser.parse_args()
+    proxy = SickLlamaProxy(options.target_port, options.port, options.sick_file).start()
+    try:
+        threading.Event().wait()
+    finally:
+        proxy.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@
 #   workflows  check-jsonschema on .github (GitHub's workflow schema, bundled with the tool),
 #              and every `uses:` pinned to a full commit SHA
 #   ruff       ruff check .
-#   mypy       mypy app cli deploy kernel workers scripts/container_smoke.py
+#   mypy       mypy app bench cli deploy kernel workers scripts/container_smoke.py
 #   imports    lint-imports: app/ and workers/ import the kernel, never each other
 # Runs every step even after a failure, so one run shows every finding; exits 1 if any failed.
 set -euo pipefail
@@ -104,7 +104,7 @@ lint_ruff() {
 
 lint_mypy() {
   local dirs=() dir
-  for dir in app cli deploy kernel workers scripts/container_smoke.py; do
+  for dir in app bench cli deploy kernel workers scripts/container_smoke.py; do
     [[ -e "${dir}" ]] && dirs+=("${dir}")
   done
   ((${#dirs[@]})) || { log "mypy: no app/, deploy/, kernel/ or workers/"; return 0; }
