@@ -145,11 +145,10 @@ def _custom_id(line: bytes) -> str | None:
 LineSource = Callable[[], Iterable[bytes]]
 
 
-def merged_results(outputs: Iterable[LineSource]) -> Iterator[bytes]:
-    """One output line per custom_id across a chain: `outputs` are the batches' output
-    lines, newest batch first (each opened only when reached); the newest answer wins."""
-    seen: set[bytes] = set()
-    for source in outputs:
+def _first_per_id(sources: Iterable[LineSource], seen: set[bytes]) -> Iterator[bytes]:
+    """Each line whose custom_id is not in `seen` yet (adding it), and every line without
+    one (an unreadable input line), as the sources give them."""
+    for source in sources:
         for line in source():
             custom_id = _custom_id(line)
             if custom_id is not None:
@@ -158,27 +157,22 @@ def merged_results(outputs: Iterable[LineSource]) -> Iterator[bytes]:
                     continue
                 seen.add(key)
             yield line + b"\n"
+
+
+def merged_results(outputs: Iterable[LineSource]) -> Iterator[bytes]:
+    """One output line per custom_id across a chain: `outputs` are the batches' output
+    lines, newest batch first (each opened only when reached); the newest answer wins."""
+    yield from _first_per_id(outputs, set())
 
 
 def merged_errors(outputs: Iterable[LineSource], errors: Iterable[LineSource]) -> Iterator[bytes]:
     """One error line per custom_id that no batch of the chain answered, the newest batch's
     error winning; lines without a custom_id (an unreadable input line) all come through.
     The outputs are read first, for the answered custom_ids."""
-    seen: set[bytes] = set()
-    for source in outputs:
-        for line in source():
-            custom_id = _custom_id(line)
-            if custom_id is not None:
-                seen.add(_digest(custom_id))
-    for source in errors:
-        for line in source():
-            custom_id = _custom_id(line)
-            if custom_id is not None:
-                key = _digest(custom_id)
-                if key in seen:
-                    continue
-                seen.add(key)
-            yield line + b"\n"
+    answered: set[bytes] = set()
+    for _ in _first_per_id(outputs, answered):
+        pass
+    yield from _first_per_id(errors, answered)
 
 
 def chain_order(batches: Iterable[tuple[str, int | None]]) -> list[str]:
