@@ -28,6 +28,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from app.api.schemas import BatchDeleted
 from app.core.errors import AppError, Conflict, Gone, InvalidRequest, NotFound, ServiceUnavailable
 from app.services.deleted import deleted_kinds, deleted_message, record_deleted
 from app.services.disk import ensure_room, is_storage_full, storage_full
@@ -603,7 +604,7 @@ class BatchService:
             size += obj.size or 0
         return objects, size
 
-    async def delete(self, batch_id: str) -> dict[str, Any]:
+    async def delete(self, batch_id: str) -> BatchDeleted:
         """Removes a finished batch's objects (input staged for it, shards, results, output,
         errors, summary; so its OpenAI file views too). A running batch is refused (409).
         Kept: an input it did not stage (an uploaded file, an `input_key` object: the
@@ -623,12 +624,10 @@ class BatchService:
         if kept and kept.startswith(batch_objects_prefix(batch_id)):
             kept = None
         logger.info("batch %s: data deleted (%d objects, %d bytes)", batch_id, objects, size)
-        return {
-            "id": batch_id,
-            "object": "batch.deleted",
-            "deleted": True,
-            "objects_removed": objects,
-            "bytes_removed": size,
-            "input_kept": kept,
-            "input_file_kept": file_id_for_key(kept) if kept else None,
-        }
+        return BatchDeleted(
+            id=batch_id,
+            objects_removed=objects,
+            bytes_removed=size,
+            input_kept=kept,
+            input_file_kept=file_id_for_key(kept) if kept else None,
+        )

@@ -25,6 +25,7 @@ from urllib.parse import quote, unquote
 from minio import Minio
 from minio.error import S3Error
 
+from app.api.openai_schemas import OpenAIFile
 from app.core.errors import InvalidRequest, NotFound, ServiceUnavailable
 from app.services.deleted import DeletedKind, record_deleted
 from app.services.disk import ensure_room, is_storage_full, storage_full
@@ -61,18 +62,14 @@ class StoredFile:
     bytes: int
     created_at: int
 
-    def openai(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "file",
-            "bytes": self.bytes,
-            "created_at": self.created_at,
-            "filename": self.filename,
-            "purpose": self.purpose,
-            "status": "processed",
-            "expires_at": None,
-            "status_details": None,
-        }
+    def openai(self) -> OpenAIFile:
+        return OpenAIFile(
+            id=self.id,
+            bytes=self.bytes,
+            created_at=self.created_at,
+            filename=self.filename,
+            purpose=self.purpose,
+        )
 
 
 def _key_and_purpose(file_id: str) -> tuple[str, FilePurpose]:

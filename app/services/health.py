@@ -8,6 +8,7 @@ from typing import Any
 
 from minio import Minio
 
+from app.api.schemas import HealthReport
 from app.services.llama import LlamaProbe
 from app.services.temporal import TemporalService
 from kernel.config import Settings
@@ -87,7 +88,7 @@ async def health_report(
     supervisor: SupervisorControl,
     s3_probe: Minio,
     llama: LlamaProbe,
-) -> dict[str, Any]:
+) -> HealthReport:
     names = ("temporal", "s3", "llama", "supervisor")
     results = await asyncio.gather(
         _guarded(_temporal(temporal), CHECK_TIMEOUT_SECONDS),
@@ -99,8 +100,6 @@ async def health_report(
     for space in await asyncio.to_thread(disk_space, settings):
         add_disk(checks[space.check], space)
     healthy = all(check["status"] == "ok" for check in checks.values())
-    return {
-        "status": "ok" if healthy else "degraded",
-        "mode": settings.DEPLOY_MODE,
-        "checks": checks,
-    }
+    return HealthReport.model_validate(
+        {"status": "ok" if healthy else "degraded", "mode": settings.DEPLOY_MODE, "checks": checks}
+    )

@@ -183,17 +183,18 @@ class OpenAIService:
         if not finished:
             raise StillRunning(
                 f"no answer within {timeout_s:g}s (PROCESS_TIMEOUT_SECONDS); the request "
-                f"keeps running: poll GET /process/{result['id']} for its result"
+                f"keeps running: poll GET /process/{result.id} for its result"
             )
-        if result["status"] != "completed":
-            message = (result.get("error") or {}).get("message") or "the request failed"
-            raise UpstreamError(500, f"request {result['id']} failed: {message}")
-        response = result["output"]["response"]
+        if result.status != "completed" or result.output is None:
+            message = (result.error or {}).get("message") or "the request failed"
+            raise UpstreamError(500, f"request {result.id} failed: {message}")
+        output = result.output
+        response = output["response"]
         status_code = int(response.get("status_code", 500))
         if status_code == 200:
             answer: dict[str, Any] = response["body"]
             return answer
-        error = result["output"].get("error") or {}
+        error = output.get("error") or {}
         if error.get("code") == EMBEDDINGS_OFF_CODE:  # another box's llama-server
             raise InvalidRequest(EMBEDDINGS_OFF_MESSAGE, code=EMBEDDINGS_OFF_CODE)
         raise UpstreamError(status_code, str(error.get("message") or f"HTTP {status_code}"))

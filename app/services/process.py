@@ -12,6 +12,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from app.api.schemas import ProcessOutcome
 from app.core.errors import NotFound, ServiceUnavailable
 from app.services.batches import START_TIMEOUT, idempotent_id, temporal_client
 from app.services.temporal import TemporalService
@@ -26,13 +27,17 @@ def new_process_id() -> str:
     return f"proc_{uuid.uuid4().hex}"
 
 
-def _completed(process_id: str, result: ProcessResult) -> dict[str, Any]:
-    return {"id": process_id, "status": "completed", "output": result.output}
+def _completed(process_id: str, result: ProcessResult) -> ProcessOutcome:
+    return ProcessOutcome(id=process_id, status="completed", output=result.output)
 
 
-def _failed(process_id: str, exc: BaseException) -> dict[str, Any]:
+def _failed(process_id: str, exc: BaseException) -> ProcessOutcome:
     cause = exc.__cause__ or exc
-    return {"id": process_id, "status": "failed", "error": {"message": str(cause)}}
+    return ProcessOutcome(id=process_id, status="failed", error={"message": str(cause)})
+
+
+def _running(process_id: str) -> ProcessOutcome:
+    return ProcessOutcome(id=process_id, status="in_progress")
 
 
 class ProcessService:
@@ -45,22 +50,22 @@ class ProcessService:
 
     async def submit(
         self, request: dict[str, Any], timeout_s: float, idempotency_key: str | None = None
-    ) -> tuple[bool, dict[str, Any]]:
-        """(finished, body): finished within timeout_s, or still running; the body's
-        `workers` says what starting the GPU worker did. With an `idempotency_key` a retry
+    ) -> tuple[bool, ProcessOutcome]:
+        """(finished, outcome): finished within timeout_s, or still running; the
+        outcome's `workers` says what starting the GPU worker did. With an `idempotency_key` a retry
         waits on the request the first call started."""
         # The GPU worker runs the request; asking supervisord for it runs beside the
         # workflow's start instead of ahead of it (a request waits on its queue meanwhile).
         starting = asyncio.create_task(self.workers.ensure(("gpu",)))
         try:
-            finished, body = await self._run(request, timeout_s, idempotency_key)
+            finished, outcome = await self._run(request, timeout_s, idempotency_key)
         finally:
             workers = await starting
-        return finished, {**body, "workers": workers}
+        return finished, outcome.model_copy(update={"workers": workers})
 
     async def _run(
         self, request: dict[str, Any], timeout_s: float, idempotency_key: str | None
-    ) -> tuple[bool, dict[str, Any]]:
+    ) -> tuple[bool, ProcessOutcome]:
         client = await temporal_client(self.temporal)
         if idempotency_key is not None:
             process_id = idempotent_id("proc", idempotency_key)
@@ -90,12 +95,12 @@ class ProcessService:
         try:
             result = await asyncio.wait_for(handle.result(), timeout_s)
         except TimeoutError:
-            return False, {"id": process_id, "status": "in_progress"}
+            return False, _running(process_id)
         except WorkflowFailureError as exc:
             return True, _failed(process_id, exc)
         return True, _completed(process_id, result)
 
-    async def get(self, process_id: str) -> tuple[bool, dict[str, Any]]:
+    async def get(self, process_id: str) -> tuple[bool, ProcessOutcome]:
         client = await temporal_client(self.temporal)
         handle = client.get_workflow_handle(process_id, result_type=ProcessResult)
         try:
@@ -107,7 +112,7 @@ class ProcessService:
         if description.workflow_type != PROCESS_WORKFLOW:
             raise NotFound(f"no request with id {process_id!r}")
         if description.close_time is None:
-            return False, {"id": process_id, "status": "in_progress"}
+            return False, _running(process_id)
         try:
             return True, _completed(process_id, await handle.result())
         except WorkflowFailureError as exc:

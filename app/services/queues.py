@@ -10,6 +10,7 @@ from typing import Any
 
 from minio import Minio
 
+from app.api.schemas import QueuesReport
 from app.services.temporal import TaskQueueState, TemporalService
 from kernel.boxes import read_boxes
 from kernel.config import Settings
@@ -62,7 +63,7 @@ async def queues_report(
     temporal: TemporalService,
     supervisor: SupervisorControl,
     s3: Minio | None = None,
-) -> dict[str, Any]:
+) -> QueuesReport:
     states, programs = await asyncio.gather(
         queue_states(settings, temporal), _program_states(supervisor)
     )
@@ -84,12 +85,14 @@ async def queues_report(
                 "state": programs.get(program, "UNKNOWN") if programs is not None else None,
             },
         }
-    return {
-        "queues": report,
-        "supervisor_reachable": programs is not None,
-        "boxes": boxes,
-        "boxes_error": boxes_error,
-    }
+    return QueuesReport.model_validate(
+        {
+            "queues": report,
+            "supervisor_reachable": programs is not None,
+            "boxes": boxes,
+            "boxes_error": boxes_error,
+        }
+    )
 
 
 class Reconciler:

@@ -139,8 +139,8 @@ def test_deleting_a_finished_batch_removes_every_object_and_its_results(tmp_path
     assert _lines(service) == b'{"custom_id": "a", "error": null}\n'
 
     answer = asyncio.run(service.delete(BATCH))
-    assert answer["deleted"] and answer["objects_removed"] == 6
-    assert answer["input_kept"] is None
+    assert answer.deleted and answer.objects_removed == 6
+    assert answer.input_kept is None
     assert list(s3.objects) == [keys.deleted_key(BATCH)]  # the record only
     for errors in (False, True):
         with pytest.raises(Gone, match="deleted at"):
@@ -151,7 +151,7 @@ def test_deleting_a_finished_batch_removes_every_object_and_its_results(tmp_path
     with pytest.raises(NotFound):
         asyncio.run(files.get(keys.batch_file_id(BATCH, "output")))
     again = asyncio.run(service.delete(BATCH))  # idempotent
-    assert again["objects_removed"] == 0
+    assert again.objects_removed == 0
 
 
 def test_an_uploaded_input_is_kept_and_named(tmp_path: Path) -> None:
@@ -160,8 +160,8 @@ def test_an_uploaded_input_is_kept_and_named(tmp_path: Path) -> None:
     service = _service(tmp_path, s3, "cancelled")
     service._read = _read_with_input(keys.file_key(UPLOADED))  # type: ignore[method-assign]
     answer = asyncio.run(service.delete(BATCH))
-    assert answer["input_kept"] == keys.file_key(UPLOADED)
-    assert answer["input_file_kept"] == UPLOADED
+    assert answer.input_kept == keys.file_key(UPLOADED)
+    assert answer.input_file_kept == UPLOADED
     assert keys.file_key(UPLOADED) in s3.objects
 
 

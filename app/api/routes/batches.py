@@ -230,7 +230,7 @@ async def retry_batch(
     },
 )
 async def delete_batch(batch_id: str, batches: BatchesDep) -> BatchDeleted:
-    return BatchDeleted(**await batches.delete(batch_id))
+    return await batches.delete(batch_id)
 
 
 _JSONL_RESPONSE: dict[int | str, dict[str, Any]] = {

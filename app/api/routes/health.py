@@ -62,9 +62,7 @@ async def health(
     llama: LlamaDep,
     authorized: AuthorizedDep,
 ) -> HealthReport:
-    report = HealthReport.model_validate(
-        await health_report(settings, temporal, supervisor, probe, llama)
-    )
+    report = await health_report(settings, temporal, supervisor, probe, llama)
     if authorized:
         return report
     return HealthReport(status=report.status)

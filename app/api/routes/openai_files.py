@@ -24,7 +24,7 @@ async def upload_file(
     purpose: Annotated[str, Form(description="Must be 'batch'.")],
 ) -> OpenAIFile:
     stored = await files.create(file.file, file.size or 0, file.filename or "", purpose)
-    return OpenAIFile(**stored.openai())
+    return stored.openai()
 
 
 @router.get("/files", response_model=OpenAIFileList, summary="Uploaded files and batch files")
@@ -36,7 +36,7 @@ async def list_files(
     order: Literal["asc", "desc"] = "desc",
 ) -> OpenAIFileList:
     page, has_more = await files.list(purpose, limit, after, order)
-    data = [OpenAIFile(**stored.openai()) for stored in page]
+    data = [stored.openai() for stored in page]
     return OpenAIFileList(
         data=data,
         first_id=data[0].id if data else None,
@@ -47,7 +47,7 @@ async def list_files(
 
 @router.get("/files/{file_id}", response_model=OpenAIFile, summary="A file's details")
 async def get_file(file_id: str, files: FilesDep) -> OpenAIFile:
-    return OpenAIFile(**(await files.get(file_id)).openai())
+    return (await files.get(file_id)).openai()
 
 
 @router.get(

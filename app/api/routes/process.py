@@ -60,7 +60,7 @@ async def create_process(
         request, body.timeout_s or settings.PROCESS_TIMEOUT_SECONDS, idempotency_key
     )
     response.status_code = 200 if finished else 202
-    return ProcessOutcome(**result)
+    return result
 
 
 @router.get(
@@ -73,4 +73,4 @@ async def create_process(
 async def get_process(process_id: str, process: ProcessDep, response: Response) -> ProcessOutcome:
     finished, result = await process.get(process_id)
     response.status_code = 200 if finished else 202
-    return ProcessOutcome(**result)
+    return result

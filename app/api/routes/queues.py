@@ -60,6 +60,6 @@ async def queues(
     settings: SettingsDep, temporal: TemporalDep, supervisor: SupervisorDep, s3: S3ProbeDep
 ) -> QueuesReport:
     try:
-        return QueuesReport.model_validate(await queues_report(settings, temporal, supervisor, s3))
+        return await queues_report(settings, temporal, supervisor, s3)
     except TemporalUnavailable as exc:
         raise ServiceUnavailable(str(exc)) from exc
