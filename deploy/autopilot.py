@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dotenv import dotenv_values
 
@@ -600,43 +600,111 @@ def build_plan(options: argparse.Namespace) -> Plan:
     return Plan(needs, image, env_file, base, idle, options.ssh_wait)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line naming the command, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        say(f"error: {self.prog}: {message} (see {self.prog} --help)")
+        raise SystemExit(2)
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog=f"{PROGRAM} up|down|status",
-        description="Rent, watch and release Vast.ai boxes for a batch.",
+    top = _Parser(prog=PROGRAM, description="Rent, watch and release Vast.ai boxes for a batch.")
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    rent = sub.add_parser(
+        "up",
+        help="rent N boxes, deploy each, record them",
+        description="Rent the cheapest Vast.ai offers that fit, deploy and health-gate each, "
+        "record them in the fleet file (docs/autopilot.md).",
     )
-    sub = top.add_subparsers(dest="command", required=True)
-    rent = sub.add_parser("up", help="rent N boxes, deploy each, record them")
-    watch_cmd = sub.add_parser("watch", help="replace lost boxes, release idle ones")
+    watch_cmd = sub.add_parser(
+        "drain",
+        aliases=["watch"],
+        help="replace lost boxes, release idle ones",
+        description="Follow a batch: replace lost or outbid boxes while it has work, release "
+        "boxes the GPU queue has no work for, print the total spend.",
+    )
     for p in (rent, watch_cmd):
-        p.add_argument("--count", type=int, default=1)
-        p.add_argument("--max-price", type=float, default=math.inf, help="USD per hour a box")
+        p.add_argument("--count", type=int, default=1, help="boxes to rent (default 1)")
+        p.add_argument(
+            "--max-price", type=float, default=math.inf, help="USD per hour a box (default: any)"
+        )
         p.add_argument("--gpu", action="append", help="GPU name, e.g. RTX_4090 (repeatable)")
-        p.add_argument("--interruptible", action="store_true", help="bid instances")
+        p.add_argument("--interruptible", action="store_true", help="bid (interruptible) boxes")
         p.add_argument("--bid", type=float, help="USD per hour (default min_bid + 10%%)")
         p.add_argument("--gpu-ram", type=float, help="GB (default: model + context estimate)")
-        p.add_argument("--cuda", type=float, default=offer_filters.IMAGE_CUDA)
-        p.add_argument("--disk", type=float, default=offer_filters.DEFAULT_DISK_GB)
-        p.add_argument("--reliability", type=float, default=offer_filters.DEFAULT_RELIABILITY)
-        p.add_argument("--env-file", default=os.environ.get("ENV_FILE", ".env"))
-        p.add_argument("--ssh-wait", type=float, default=SSH_WAIT_SECONDS)
+        p.add_argument(
+            "--cuda",
+            type=float,
+            default=offer_filters.IMAGE_CUDA,
+            help="lowest CUDA version a host must offer (default %(default)s, the image's)",
+        )
+        p.add_argument(
+            "--disk",
+            type=float,
+            default=offer_filters.DEFAULT_DISK_GB,
+            help="GB of disk a box gets (default %(default)s)",
+        )
+        p.add_argument(
+            "--reliability",
+            type=float,
+            default=offer_filters.DEFAULT_RELIABILITY,
+            help="lowest host reliability, 0 to 1 (default %(default)s)",
+        )
+        p.add_argument(
+            "--env-file",
+            default=os.environ.get("ENV_FILE", ".env"),
+            help="settings of the boxes (default %(default)s)",
+        )
+        p.add_argument(
+            "--ssh-wait",
+            type=float,
+            default=SSH_WAIT_SECONDS,
+            help="seconds to wait for a box's SSH before destroying it (default %(default)s)",
+        )
     rent.add_argument("--dry-run", action="store_true", help="print the offers, rent nothing")
-    watch_cmd.add_argument("--api", required=True, help="the batch API's base URL")
-    watch_cmd.add_argument("--api-key", default=os.environ.get("API_KEY", ""))
+    watch_cmd.add_argument(
+        "--api", required=True, help="the batch API's base URL, e.g. http://127.0.0.1:18000"
+    )
+    watch_cmd.add_argument(
+        "--api-key", default=os.environ.get("API_KEY", ""), help="its API_KEY (default $API_KEY)"
+    )
     watch_cmd.add_argument("--batch", help="batch id to drain")
-    watch_cmd.add_argument("--interval", type=float, default=5.0)
-    release_cmd = sub.add_parser("down", help="destroy rented boxes")
-    release_cmd.add_argument("names", nargs="*", metavar="NAME")
-    release_cmd.add_argument("--all", action="store_true")
-    release_cmd.add_argument("--force", action="store_true", help="even standalone boxes")
-    sub.add_parser("status", help="per box: offer, price, kind, uptime, spend, state")
+    watch_cmd.add_argument(
+        "--interval", type=float, default=5.0, help="seconds between looks (default %(default)s)"
+    )
+    release_cmd = sub.add_parser(
+        "down",
+        help="destroy rented boxes",
+        description="Destroy rented boxes (destroy, never only stop: a stopped instance still "
+        "bills its disk).",
+    )
+    release_cmd.add_argument("names", nargs="*", metavar="NAME", help="boxes to destroy")
+    release_cmd.add_argument("--all", action="store_true", help="every live rented box")
+    release_cmd.add_argument(
+        "--force",
+        action="store_true",
+        help="also a standalone box holding the only copy of its batches' results",
+    )
+    sub.add_parser(
+        "boxes",
+        aliases=["status"],
+        help="per box: offer, price, kind, uptime, spend, state",
+        description="The rented boxes: offer, price per hour, kind, uptime, spend, state.",
+    )
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    options = parser().parse_args(argv)
     try:
-        if options.command == "status":
+        options = parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return int(exc.code or 0)
+    if options.command == "down" and not options.names and not options.all:
+        say(f"error: {PROGRAM} down: name the boxes to destroy, or pass --all")
+        return 2
+    try:
+        if options.command in ("boxes", "status"):
             try:
                 api: VastApi | None = VastApi()
             except VastError:
@@ -648,8 +716,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise AutopilotError("--bid needs --interruptible")
             return up(api, build_plan(options), options.dry_run)
         if options.command == "down":
-            if not options.names and not options.all:
-                raise AutopilotError("name the boxes to destroy, or pass --all")
             return down(api, options.names, options.all, options.force)
         plan = build_plan(options)
         watch(

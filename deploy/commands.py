@@ -270,7 +270,7 @@ def _autopilot(name: str, ctx: Context, words: list[str]) -> int:
     """Renting commands run deploy.autopilot, which takes the global flags as its own."""
     from deploy import autopilot  # the vastai SDK is imported only by these commands
 
-    takes_env = name in ("up", "watch")
+    takes_env = name in ("up", "drain")
     flags = ["--env-file", str(ctx.env_file)] if ctx.env_file_given and takes_env else []
     if ctx.dry_run and name == "up":
         flags.append("--dry-run")
@@ -279,10 +279,9 @@ def _autopilot(name: str, ctx: Context, words: list[str]) -> int:
     return autopilot.main([name, *words, *flags])
 
 
-# The renting commands: (launcher name, deploy.autopilot subcommand, help, usage).
+# The renting commands, each a deploy.autopilot subcommand: (name, help, usage).
 RENTING = (
     (
-        "up",
         "up",
         "rent instances on Vast.ai (cheapest offers that fit), deploy and health-gate\n"
         "each, record them (docs/autopilot.md)",
@@ -290,20 +289,17 @@ RENTING = (
     ),
     (
         "down",
-        "down",
         "destroy rented instances (never only stop: a stopped one bills its disk);\n"
         "refuses a standalone box holding the only copy of results unless --force",
         "down NAME...|--all [--force]",
     ),
     (
         "boxes",
-        "status",
         "the rented instances: offer, price per hour, kind, uptime, spend, state",
         "",
     ),
     (
         "drain",
-        "watch",
         "follow a batch: replace lost or outbid boxes while it has work, release idle\n"
         "ones, print the spend",
         "drain --api URL --batch ID [up's flags]",
@@ -318,5 +314,5 @@ def _renting(subcommand: str) -> Run:
     return run
 
 
-for _name, _subcommand, _help, _usage in RENTING:
-    command(_name, _help, usage=_usage, settings=False, rest=True)(_renting(_subcommand))
+for _name, _help, _usage in RENTING:
+    command(_name, _help, usage=_usage, settings=False, rest=True)(_renting(_name))

@@ -266,3 +266,27 @@ def test_renting_commands_run_the_autopilot(
     assert err[2] == (
         "[deploy] error: down: --dry-run is for up (it prints the offers it would take)"
     )
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["down"], "./deploy_vast.sh down: name the boxes to destroy, or pass --all"),
+        (
+            ["up", "--max-price", "abc"],
+            "./deploy_vast.sh up: argument --max-price: invalid float value: 'abc' "
+            "(see ./deploy_vast.sh up --help)",
+        ),
+        (
+            ["drain", "--batch", "batch_1"],
+            "./deploy_vast.sh drain: the following arguments are required: --api "
+            "(see ./deploy_vast.sh drain --help)",
+        ),
+    ],
+)
+def test_renting_usage_errors_are_one_line_naming_the_command(
+    words: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked before the key or the network: exit 2 and one line that says what to fix."""
+    assert main(words) == 2
+    assert capsys.readouterr().err.splitlines() == [f"[autopilot] error: {message}"]
