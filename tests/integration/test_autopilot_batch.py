@@ -30,12 +30,7 @@ from harness.fleet import Box
 from harness.stack import Stack, start_stack
 from tests.e2e.conftest import SSHD, SshServer, start_sshd
 
-pytestmark = [
-    pytest.mark.integration,
-    # Passes run alone; in the full suite its boxes polled a GPU queue the batch was not on
-    # and the batch sat at 0 of 2,000 for 300 s. Off until that is found (issue 18).
-    pytest.mark.skip(reason="in the full suite its boxes poll another GPU queue (issue 18)"),
-]
+pytestmark = pytest.mark.integration
 
 KEY = "fake-vast-key"
 ITEMS = 2_000
@@ -102,6 +97,8 @@ def box_state(name: str) -> str:
     return box.state if box is not None else ""
 
 
+# 2,000 requests on two 2-slot boxes of a busy 2-core machine took 9.5 minutes once.
+@pytest.mark.timeout(1500)
 def test_outbid_box_is_replaced_and_every_box_released(
     control: Stack,
     tmp_path: Path,
@@ -187,7 +184,7 @@ def test_outbid_box_is_replaced_and_every_box_released(
                 timeout=300,
             )
             first_answer_at = time.time()
-            done = batches.wait_terminal(stack, batch_id, timeout=600)
+            done = batches.wait_terminal(stack, batch_id, timeout=1200)
             total = watching.result(timeout=300)
         answered_by_new = done["boxes"].get(new_name, 0)
 
