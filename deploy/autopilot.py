@@ -163,24 +163,33 @@ class Ledger:
 DeployHook = Callable[[Box, Path], tuple[int, str]]
 
 
-def deploy_with_script(box: Box, env_file: Path) -> tuple[int, str]:
-    """Deploys and health-gates one box exactly as today: `./deploy_vast.sh --env-file FILE
-    deploy`, with the box's host and port also set in the environment (they win there)."""
-    log = env_file.with_suffix(".deploy.log")
-    env = {**os.environ, "VAST_HOST": box.host, "VAST_PORT": str(box.port)}
-    env.pop("ENV_FILE", None)
-    with open(log, "w") as out:
-        completed = subprocess.run(
-            [str(PROJECT_ROOT / "deploy_vast.sh"), "--env-file", str(env_file), "deploy"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-    return completed.returncode, tail
+def script_deploy(root: Path = PROJECT_ROOT) -> DeployHook:
+    """The deploy hook that runs `root`'s `./deploy_vast.sh --env-file FILE deploy` (the
+    checkout the boxes get), with the box's host and port also set in the environment (they
+    win there)."""
+
+    def deploy(box: Box, env_file: Path) -> tuple[int, str]:
+        log = env_file.with_suffix(".deploy.log")
+        env = {**os.environ, "VAST_HOST": box.host, "VAST_PORT": str(box.port)}
+        env.pop("ENV_FILE", None)
+        with open(log, "w") as out:
+            completed = subprocess.run(
+                [str(root / "deploy_vast.sh"), "--env-file", str(env_file), "deploy"],
+                cwd=root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        return completed.returncode, tail
+
+    return deploy
+
+
+# Deploys and health-gates one box exactly as `./deploy_vast.sh deploy` does.
+deploy_with_script = script_deploy()
 
 
 def ssh_answers(host: str, port: int, timeout: float = 3.0) -> bool:
