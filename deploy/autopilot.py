@@ -163,24 +163,33 @@ class Ledger:
 DeployHook = Callable[[Box, Path], tuple[int, str]]
 
 
-def deploy_with_script(box: Box, env_file: Path) -> tuple[int, str]:
-    """Deploys and health-gates one box exactly as today: `./deploy_vast.sh --env-file FILE
-    deploy`, with the box's host and port also set in the environment (they win there)."""
-    log = env_file.with_suffix(".deploy.log")
-    env = {**os.environ, "VAST_HOST": box.host, "VAST_PORT": str(box.port)}
-    env.pop("ENV_FILE", None)
-    with open(log, "w") as out:
-        completed = subprocess.run(
-            [str(PROJECT_ROOT / "deploy_vast.sh"), "--env-file", str(env_file), "deploy"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-    return completed.returncode, tail
+def script_deploy(root: Path = PROJECT_ROOT) -> DeployHook:
+    """The deploy hook that runs `root`'s `./deploy_vast.sh --env-file FILE deploy` (the
+    checkout the boxes get), with the box's host and port also set in the environment (they
+    win there)."""
+
+    def deploy(box: Box, env_file: Path) -> tuple[int, str]:
+        log = env_file.with_suffix(".deploy.log")
+        env = {**os.environ, "VAST_HOST": box.host, "VAST_PORT": str(box.port)}
+        env.pop("ENV_FILE", None)
+        with open(log, "w") as out:
+            completed = subprocess.run(
+                [str(root / "deploy_vast.sh"), "--env-file", str(env_file), "deploy"],
+                cwd=root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        return completed.returncode, tail
+
+    return deploy
+
+
+# Deploys and health-gates one box exactly as `./deploy_vast.sh deploy` does.
+deploy_with_script = script_deploy()
 
 
 def ssh_answers(host: str, port: int, timeout: float = 3.0) -> bool:
@@ -489,12 +498,22 @@ class Progress:
     backlog: int  # GPU-queue tasks waiting for a worker
     rates: dict[str, float]  # box name -> requests/s
     busy: dict[str, bool]  # box name -> requests in flight on it
+    # False while the batch is `validating`: its lines are not counted yet, so `left` (0
+    # then) says nothing; the batch still has all its work ahead.
+    counted: bool = True
+
+    @property
+    def finished(self) -> bool:
+        """The batch has no work left for any box: ended, or every line counted done."""
+        return self.done or (self.counted and self.left <= 0)
 
 
 def should_replace(progress: Progress, remaining: list[str], per_box_rate: float) -> bool:
     """Replace a lost box while the boxes left need longer than REPLACE_IF_LEFT_SECONDS."""
-    if progress.done or progress.left <= 0:
+    if progress.finished:
         return False
+    if not progress.counted:
+        return True
     rate = sum(progress.rates.get(name, 0.0) for name in remaining)
     if rate <= 0:
         rate = per_box_rate * len(remaining)
@@ -504,8 +523,9 @@ def should_replace(progress: Progress, remaining: list[str], per_box_rate: float
 
 
 def idle_boxes(progress: Progress, boxes: list[str]) -> list[str]:
-    """Boxes the GPU queue has no work for: nothing waiting and nothing in flight there."""
-    if progress.backlog > 0 and not progress.done:
+    """Boxes the GPU queue has no work for: nothing waiting and nothing in flight there,
+    and the batch finished (a batch still validating has all its shards ahead)."""
+    if not progress.finished or (progress.backlog > 0 and not progress.done):
         return []
     return [name for name in boxes if not progress.busy.get(name, False)]
 
@@ -516,7 +536,7 @@ def read_progress(api_url: str, api_key: str, batch_id: str | None) -> Progress:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     with httpx.Client(base_url=api_url, headers=headers, timeout=15) as client:
         queues = client.get("/queues").raise_for_status().json()
-        left, done = 0, True
+        left, done, counted = 0, True, True
         if batch_id:
             batch = client.get(f"/batch/{batch_id}").raise_for_status().json()
             counts = batch.get("request_counts") or {}
@@ -526,12 +546,14 @@ def read_progress(api_url: str, api_key: str, batch_id: str | None) -> Progress:
                 - int(counts.get("failed", 0))
             )
             done = batch.get("status") in ("completed", "failed", "cancelled")
+            # Until its input is split a batch shows 0 of 0 requests: not "nothing left".
+            counted = batch.get("status") != "validating"
     backlog = sum(
         int(q.get("backlog") or 0) for name, q in queues.get("queues", {}).items() if "gpu" in name
     )
     rates = {b["box"]: float(b.get("requests_per_s") or 0.0) for b in queues.get("boxes", [])}
     busy = {b["box"]: int(b.get("in_flight") or 0) > 0 for b in queues.get("boxes", [])}
-    return Progress(left, done, backlog, rates, busy)
+    return Progress(left, done, backlog, rates, busy, counted)
 
 
 def watch(
@@ -562,10 +584,9 @@ def watch(
                     except (AutopilotError, VastError) as exc:
                         say(f"error: replacing {box.name}: {exc}")
         for name in idle_boxes(now, [b.name for b in ledger.live() if b.state == "running"]):
-            if now.done or now.left <= 0:
-                box = ledger.boxes[name]
-                say(f"{name}: no work left on the GPU queue; destroying it")
-                release(api, ledger, box, "released", "idle")
+            box = ledger.boxes[name]
+            say(f"{name}: no work left on the GPU queue; destroying it")
+            release(api, ledger, box, "released", "idle")
         if now.done and not ledger.live():
             total = ledger.total_spend()
             print(f"batch done; total spend ${total:.4f}")

@@ -313,3 +313,33 @@ def test_watch_replaces_an_outbid_box_and_releases_all_when_done(
     assert fake.running() == []
     assert abs(total - sum(fake.spend(i) for i in states)) < 0.2 * 3 / 3600
     assert f"batch done; total spend ${total:.4f}" in capsys.readouterr().out
+
+
+def test_watch_keeps_the_boxes_while_the_batch_is_still_validating(
+    fake: FakeVast, env_file: Path, user_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A batch just submitted shows 0 of 0 requests until its input is split: that is all
+    its work ahead, not none left (watch once released every box there, and the batch sat
+    at 0 done with no box to run it)."""
+    plan = autopilot.build_plan(autopilot.parser().parse_args(up_args(env_file, "--count", "2")))
+    api = VastApi()
+    deploy = ssh_deploy(user_key)
+    assert autopilot.up(api, plan, dry_run=False, deploy=deploy) == 0
+    rented = sorted(b.instance_id for b in autopilot.Ledger.load().live())
+    validating = autopilot.Progress(0, False, 0, {}, {}, counted=False)
+    assert not validating.finished
+    assert autopilot.idle_boxes(validating, ["a", "b"]) == []
+    assert autopilot.should_replace(validating, ["a"], per_box_rate=100.0)
+    running_then: list[list[int]] = []
+
+    def progress() -> autopilot.Progress:
+        running_then.append(sorted(fake.running()))
+        if len(running_then) <= 3:
+            return validating
+        return autopilot.Progress(0, True, 0, {}, {})
+
+    total = autopilot.watch(api, plan, progress, interval=0.1, deploy=deploy)
+    # Every look while the batch validated found both boxes still rented.
+    assert running_then[:4] == [rented] * 4
+    assert fake.running() == []
+    assert f"batch done; total spend ${total:.4f}" in capsys.readouterr().out
