@@ -44,6 +44,7 @@ from dotenv import dotenv_values
 
 from deploy import offers as offer_filters
 from deploy.vast import Instance, VastApi, VastError
+from kernel.lifecycle import is_final
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROGRAM = "./deploy_vast.sh"
@@ -51,6 +52,10 @@ DEFAULT_IMAGE = "ghcr.io/<owner>/<repo>:stable"
 SSH_WAIT_SECONDS = 600.0
 # Boxes rented by `up` release themselves after this long without work (0 turns it off).
 DEFAULT_IDLE_RELEASE_MINUTES = 10
+# drain: a read that keeps failing is said again this often; renting a box that failed is
+# tried again after this long.
+REMIND_SECONDS = 120.0
+RENT_RETRY_SECONDS = 60.0
 # A lost box is replaced while the batch's remaining work would take the remaining boxes
 # longer than this; below it the boxes left finish sooner than a new one boots.
 REPLACE_IF_LEFT_SECONDS = 300.0
@@ -530,30 +535,79 @@ def idle_boxes(progress: Progress, boxes: list[str]) -> list[str]:
     return [name for name in boxes if not progress.busy.get(name, False)]
 
 
+class BatchUnreadable(AutopilotError):
+    """The batch API did not answer this time (a closed tunnel, a restart): try again."""
+
+
 def read_progress(api_url: str, api_key: str, batch_id: str | None) -> Progress:
+    """The batch's and the GPU queue's state from the API. A wrong key or an unknown batch
+    raises AutopilotError; anything that may pass (no answer, a 5xx) BatchUnreadable."""
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    with httpx.Client(base_url=api_url, headers=headers, timeout=15) as client:
-        queues = client.get("/queues").raise_for_status().json()
-        left, done, counted = 0, True, True
-        if batch_id:
-            batch = client.get(f"/batch/{batch_id}").raise_for_status().json()
-            counts = batch.get("request_counts") or {}
-            left = (
-                int(counts.get("total", 0))
-                - int(counts.get("completed", 0))
-                - int(counts.get("failed", 0))
-            )
-            done = batch.get("status") in ("completed", "failed", "cancelled")
-            # Until its input is split a batch shows 0 of 0 requests: not "nothing left".
-            counted = batch.get("status") != "validating"
+    try:
+        with httpx.Client(base_url=api_url, headers=headers, timeout=15) as client:
+            queues = client.get("/queues").raise_for_status().json()
+            batch = client.get(f"/batch/{batch_id}").raise_for_status().json() if batch_id else None
+    except httpx.HTTPStatusError as exc:
+        code = exc.response.status_code
+        if code in (401, 403, 404):
+            raise AutopilotError(f"{api_url}: HTTP {code} for {exc.request.url.path}") from None
+        raise BatchUnreadable(f"HTTP {code} from {api_url}") from None
+    except (httpx.HTTPError, ValueError) as exc:
+        raise BatchUnreadable(f"{api_url}: {exc}") from None
+    left, done, counted = 0, True, True
+    if batch is not None:
+        counts = batch.get("request_counts") or {}
+        left = (
+            int(counts.get("total", 0))
+            - int(counts.get("completed", 0))
+            - int(counts.get("failed", 0))
+        )
+        done = bool(batch.get("is_terminal", is_final(str(batch.get("status")))))
+        # Until its input is split a batch shows 0 of 0 requests: not "nothing left".
+        counted = batch.get("status") != "validating"
     backlog = sum(
         int(q.get("backlog") or 0) for name, q in queues.get("queues", {}).items() if "gpu" in name
     )
     rates = {b["box"]: float(b.get("requests_per_s") or 0.0) for b in queues.get("boxes", [])}
     busy = {b["box"]: int(b.get("in_flight") or 0) > 0 for b in queues.get("boxes", [])}
     return Progress(left, done, backlog, rates, busy, counted)
+
+
+class _Complaint:
+    """A failing read said once, then every REMIND_SECONDS while it keeps failing."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None
+        self.last_said = 0.0
+
+    def failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = self.last_said = now
+            say(f"warning: cannot read {self.what}: {exc}; retrying")
+        elif now - self.last_said >= REMIND_SECONDS:
+            self.last_said = now
+            say(f"warning: still cannot read {self.what} ({now - self.since:.0f}s): {exc}")
+
+    def worked(self) -> None:
+        if self.since is not None:
+            say(f"{self.what} readable again after {time.monotonic() - self.since:.0f}s")
+            self.since = None
+
+
+def _rent_replacement(
+    api: VastApi, ledger: Ledger, plan: Plan, deploy: DeployHook, why: str
+) -> bool:
+    try:
+        chosen = find_offers(api, plan.needs)
+        rent_one(api, ledger, plan, chosen[0], deploy)
+        return True
+    except (AutopilotError, VastError) as exc:
+        say(f"error: {why}: {exc}")
+        return False
 
 
 def watch(
@@ -565,12 +619,31 @@ def watch(
     per_box_rate: float = 0.0,
 ) -> float:
     """Until the batch is done and every box released: replace lost boxes while there is
-    more work than the others finish soon, release idle ones. Returns the total spend."""
+    more work than the others finish soon, release idle ones. Returns the total spend.
+
+    A round whose batch API or Vast API read fails changes nothing and is retried after
+    `interval` (a closed tunnel, a Vast hiccup): the loop never exits on one; the boxes'
+    own autostop still bounds what a drain that cannot see its batch pays."""
     ledger = Ledger.load()
+    batch_api, vast_api = _Complaint("the batch API"), _Complaint("the Vast API")
+    next_rent_try = 0.0
     while True:
-        now = progress()
+        try:
+            now = progress()
+        except BatchUnreadable as exc:
+            batch_api.failed(exc)
+            time.sleep(interval)
+            continue
+        batch_api.worked()
+        try:
+            shown = {box.instance_id: api.show(box.instance_id) for box in ledger.live()}
+        except VastError as exc:
+            vast_api.failed(exc)
+            time.sleep(interval)
+            continue
+        vast_api.worked()
         for box in ledger.live():
-            instance = api.show(box.instance_id)
+            instance = shown.get(box.instance_id)
             if instance is None or instance.gone:
                 why = "destroyed elsewhere" if instance is None else f"{instance.status}"
                 say(f"{box.name}: lost ({why}); destroying it")
@@ -578,11 +651,20 @@ def watch(
                 others = [b.name for b in ledger.live()]
                 if plan is not None and should_replace(now, others, per_box_rate):
                     say(f"replacing {box.name}: {now.left} request(s) left")
-                    try:
-                        chosen = find_offers(api, plan.needs)
-                        rent_one(api, ledger, plan, chosen[0], deploy)
-                    except (AutopilotError, VastError) as exc:
-                        say(f"error: replacing {box.name}: {exc}")
+                    if not _rent_replacement(api, ledger, plan, deploy, f"replacing {box.name}"):
+                        next_rent_try = time.monotonic() + RENT_RETRY_SECONDS
+        # Every box gone while the batch has work (a replacement that could not be rented):
+        # keep trying, or the batch would wait with nothing to run it.
+        if (
+            plan is not None
+            and not ledger.live()
+            and not now.finished
+            and time.monotonic() >= next_rent_try
+            and any(b.state == "lost" for b in ledger.boxes.values())
+        ):
+            say(f"no box left and {now.left} request(s) to go: renting one")
+            if not _rent_replacement(api, ledger, plan, deploy, "renting a box"):
+                next_rent_try = time.monotonic() + RENT_RETRY_SECONDS
         for name in idle_boxes(now, [b.name for b in ledger.live() if b.state == "running"]):
             box = ledger.boxes[name]
             say(f"{name}: no work left on the GPU queue; destroying it")
@@ -721,6 +803,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
         return int(exc.code or 0)
+    api_url = getattr(options, "api", None)
+    if api_url is not None and not api_url.startswith(("http://", "https://")):
+        say(f"error: {PROGRAM} drain: --api {api_url!r} is not a URL (http://HOST:PORT)")
+        return 2
     if options.command == "down" and not options.names and not options.all:
         say(f"error: {PROGRAM} down: name the boxes to destroy, or pass --all")
         return 2

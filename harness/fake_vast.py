@@ -165,6 +165,9 @@ class FakeVast:
         self.credit = credit
         self.boot_seconds = boot_seconds
         self.refuse_offers: set[int] = set()
+        # The next this many requests answer 503, as Vast does in an outage (the SDK tries
+        # each call 4 times).
+        self.fail_next = 0
         self.instances: dict[int, FakeInstance] = {}
         self.requests: list[tuple[str, str]] = []
         self._ids = itertools.count(7001)
@@ -335,9 +338,11 @@ def _handler(fake: FakeVast) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             return None
 
-        def _send(self, status: int, body: Any) -> None:
+        def _send(self, status: int, body: Any, **headers: str) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name.replace("_", "-"), value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -355,6 +360,13 @@ def _handler(fake: FakeVast) -> type[BaseHTTPRequestHandler]:
             path = parts.path.rstrip("/") + "/"
             body = self._body()
             fake.requests.append((method, path))
+            with fake._lock:
+                failing = fake.fail_next > 0
+                fake.fail_next -= failing
+            if failing:
+                # Retry-After 0: the SDK's own retries (3) come at once.
+                self._send(503, {"success": False, "msg": "Service Unavailable"}, Retry_After="0")
+                return
             key = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
             words = path.strip("/").split("/")
             target = int(words[-1]) if words[-1].isdigit() else None

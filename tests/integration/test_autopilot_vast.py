@@ -343,3 +343,51 @@ def test_watch_keeps_the_boxes_while_the_batch_is_still_validating(
     assert running_then[:4] == [rented] * 4
     assert fake.running() == []
     assert f"batch done; total spend ${total:.4f}" in capsys.readouterr().out
+
+
+def test_watch_rides_out_unreadable_apis_and_rents_when_no_box_is_left(
+    fake: FakeVast,
+    env_file: Path,
+    user_key: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A drain runs for hours: a closed tunnel (the batch API unreadable) or a Vast outage
+    (503s) is warned about and waited out, never the end of the drain; a lost box whose
+    replacement cannot be rented is rented again later, or the batch would wait forever."""
+    monkeypatch.setattr(autopilot, "RENT_RETRY_SECONDS", 0.0)
+    plan = autopilot.build_plan(autopilot.parser().parse_args(up_args(env_file, "--count", "1")))
+    api = VastApi()
+    deploy = ssh_deploy(user_key)
+    assert autopilot.up(api, plan, dry_run=False, deploy=deploy) == 0
+    (first,) = [b.instance_id for b in autopilot.Ledger.load().live()]
+    looks = 0
+
+    def progress() -> autopilot.Progress:
+        nonlocal looks
+        looks += 1
+        if looks <= 2:
+            raise autopilot.BatchUnreadable("http://127.0.0.1:18000: connection refused")
+        if looks == 3:
+            fake.fail_next = 8  # this round's show of the box and the next round's, 4 tries each
+        if looks == 5:
+            fake.lose_host(first)
+            fake.refuse_offers = set(fake.offers)  # the first replacement is refused
+        if looks == 6:
+            fake.refuse_offers = set()
+        if looks < 9:
+            return autopilot.Progress(5000, False, 40, {}, {})
+        return autopilot.Progress(0, True, 0, {}, {})
+
+    total = autopilot.watch(api, plan, progress, interval=0.1, deploy=deploy)
+    err = capsys.readouterr().err
+    assert "warning: cannot read the batch API: http://127.0.0.1:18000" in err
+    assert "the batch API readable again" in err
+    assert "warning: cannot read the Vast API" in err
+    assert "error: replacing vast-" in err
+    assert "no box left and 5000 request(s) to go: renting one" in err
+    states = {b.instance_id: b.state for b in autopilot.Ledger.load().boxes.values()}
+    assert states[first] == "lost"
+    assert sorted(states.values()) == ["lost", "released"]
+    assert fake.running() == []
+    assert total > 0
