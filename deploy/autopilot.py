@@ -40,9 +40,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from dotenv import dotenv_values
-
 from deploy import offers as offer_filters
+from deploy.console import DeployError
+from deploy.settings import file_values
 from deploy.vast import Instance, VastApi, VastError
 from kernel.lifecycle import is_final
 
@@ -74,12 +74,12 @@ def state_dir() -> Path:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines (quotes and `export` removed, nothing expanded or executed), as
-    deploy_vast.sh reads them; a key without a value is left out."""
-    if not path.is_file():
-        return {}
-    values = dotenv_values(path, interpolate=False)
-    return {key: value for key, value in values.items() if value is not None}
+    """The settings an env file sets, read as every deploy command reads them
+    (deploy.settings.file_values: kernel.config, secrets left out)."""
+    try:
+        return file_values(path)
+    except DeployError as exc:
+        raise AutopilotError(str(exc)) from None
 
 
 # The ledger -------------------------------------------------------------------------------

@@ -35,10 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from deploy.settings import DEPLOY_KEYS
-from kernel.config import PROJECT_ROOT, describe_error, load_from_file
+from deploy.console import DeployError
+from deploy.settings import DEPLOY_KEYS, file_values
+from kernel.config import PROJECT_ROOT
 
 WORK_DIR = PROJECT_ROOT / ".deploy" / "fleet"
 PROGRAM = "./deploy_vast.sh fleet"
@@ -58,19 +57,11 @@ class FleetError(Exception):
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """The settings a member's env file sets (not the defaults), as strings; read by
-    kernel.config from the file alone."""
+    """The settings a member's env file sets (deploy.settings.file_values)."""
     try:
-        settings = load_from_file(path)
-    except ValidationError as exc:
-        raise FleetError(f"{path}: invalid setting {describe_error(exc.errors()[0])}") from None
-    values = {}
-    for name in settings.model_fields_set:
-        value = getattr(settings, name)
-        if value is None or hasattr(value, "get_secret_value"):
-            continue
-        values[name] = str(value)
-    return values
+        return file_values(path)
+    except DeployError as exc:
+        raise FleetError(str(exc)) from None
 
 
 @dataclass

@@ -196,6 +196,25 @@ class DeploySettings:
         return f" --env-file {self.env_file}" if self.env_file_given else ""
 
 
+def file_values(path: Path) -> dict[str, str]:
+    """The settings an env file sets (not the defaults), as strings, read by kernel.config
+    from the file alone: the one reader of env files. Secrets are left out ({} when the
+    file does not exist); a value kernel.config refuses raises DeployError naming it."""
+    try:
+        settings = load_from_file(path)
+    except ValidationError as exc:
+        raise DeployError(f"{path}: invalid setting {describe_error(exc.errors()[0])}") from None
+    values = {}
+    for name in settings.model_fields_set:
+        value = getattr(settings, name)
+        if value is None or hasattr(value, "get_secret_value"):
+            continue
+        # As the file wrote it: 10, not 10.0.
+        whole = isinstance(value, float) and value.is_integer()
+        values[name] = str(int(value)) if whole else str(value)
+    return values
+
+
 def env_file_path(given: str | None) -> Path:
     if given is None:
         return PROJECT_ROOT / ".env"

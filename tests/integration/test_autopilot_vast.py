@@ -225,7 +225,9 @@ def test_up_status_down(fake: FakeVast, env_file: Path, user_key: Path, capsys) 
     box_env = autopilot.read_env_file(Path(boxes[0].env_file))
     assert box_env["BOX_PRICE_PER_HOUR"] == "0.3"
     assert box_env["IDLE_RELEASE_MINUTES"] == "10"
-    assert box_env["VAST_INSTANCE_ID"] == str(boxes[0].instance_id)
+    # Not a setting (the autostop program reads it from the environment): the file's line.
+    written = Path(boxes[0].env_file).read_text().splitlines()
+    assert f"VAST_INSTANCE_ID={boxes[0].instance_id}" in written
     assert (Path(boxes[0].env_file).stat().st_mode & 0o777) == 0o600
 
     capsys.readouterr()
