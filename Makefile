@@ -52,7 +52,7 @@ record-histories: $(PYTHON) ## Re-record the workflow histories the replay test 
 bench: setup ## Throughput: pipeline vs direct llama-server, cold start, /process overhead
 	@$(PYTHON) bench/throughput.py
 
-bench-scale: setup ## 100,000 lines through one batch: memory and history length
+bench-scale: setup ## 100,000 lines via llm-batch submit: memory, history, S3 use, ratio to direct
 	@$(PYTHON) bench/scale.py
 
 clean: down ## Stop everything and delete local data (S3 objects, Temporal history, logs)
