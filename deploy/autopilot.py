@@ -45,6 +45,7 @@ from deploy.console import DeployError
 from deploy.settings import file_values
 from deploy.vast import Instance, VastApi, VastError
 from kernel.lifecycle import is_final
+from kernel.periodic import FailureStretch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROGRAM = "./deploy_vast.sh"
@@ -575,29 +576,6 @@ def read_progress(api_url: str, api_key: str, batch_id: str | None) -> Progress:
     return Progress(left, done, backlog, rates, busy, counted)
 
 
-class _Complaint:
-    """A failing read said once, then every REMIND_SECONDS while it keeps failing."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.since: float | None = None
-        self.last_said = 0.0
-
-    def failed(self, exc: Exception) -> None:
-        now = time.monotonic()
-        if self.since is None:
-            self.since = self.last_said = now
-            say(f"warning: cannot read {self.what}: {exc}; retrying")
-        elif now - self.last_said >= REMIND_SECONDS:
-            self.last_said = now
-            say(f"warning: still cannot read {self.what} ({now - self.since:.0f}s): {exc}")
-
-    def worked(self) -> None:
-        if self.since is not None:
-            say(f"{self.what} readable again after {time.monotonic() - self.since:.0f}s")
-            self.since = None
-
-
 def _rent_replacement(
     api: VastApi, ledger: Ledger, plan: Plan, deploy: DeployHook, why: str
 ) -> bool:
@@ -625,7 +603,10 @@ def watch(
     `interval` (a closed tunnel, a Vast hiccup): the loop never exits on one; the boxes'
     own autostop still bounds what a drain that cannot see its batch pays."""
     ledger = Ledger.load()
-    batch_api, vast_api = _Complaint("the batch API"), _Complaint("the Vast API")
+    batch_api, vast_api = (
+        FailureStretch(f"warning: cannot read {what}", say, REMIND_SECONDS)
+        for what in ("the batch API", "the Vast API")
+    )
     next_rent_try = 0.0
     while True:
         try:

@@ -133,6 +133,9 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "in": lambda a, b: a in b,
     "notin": lambda a, b: a not in b,
 }
+# A stop or destroy asked through the API takes the box this long after the answer.
+ASKED_HALT_SECONDS = 1.0
+
 _NOT_FILTERS = {"order", "type", "limit", "allocated_storage", "disable_bundling"}
 
 
@@ -227,14 +230,21 @@ class FakeVast:
             instance.billed_seconds += time.time() - instance.billing_since
             instance.billing_since = None
 
-    def _halt(self, instance_id: int, status: str, why: str) -> None:
+    def _halt(self, instance_id: int, status: str, why: str, asked: bool = False) -> None:
+        """The meter stops now. An outbid or a lost host takes the box at once; a stop or
+        destroy asked through the API takes it a moment after the answer, as on Vast (the
+        asker may be the box itself: its autostop logs the answer)."""
         with self._lock:
             instance = self.instances[instance_id]
             box, instance.box = instance.box, None
             instance.status = status
             self._bill_stop(instance)
             instance.events.append((time.time(), why))
-        if box is not None:
+        if box is None:
+            return
+        if asked:
+            threading.Timer(ASKED_HALT_SECONDS, box.stop).start()
+        else:
             box.stop()
 
     def _boot(self, instance: FakeInstance) -> None:
@@ -300,7 +310,7 @@ class FakeVast:
             state = body.get("state")
         if state == "stopped":
             instance.intended = "stopped"
-            self._halt(instance_id, "stopped", "stopped by the API")
+            self._halt(instance_id, "stopped", "stopped by the API", asked=True)
         elif state == "running":
             with self._lock:
                 instance.intended = "running"
@@ -314,7 +324,7 @@ class FakeVast:
             instance = self.instances.get(instance_id)
             if instance is None or instance.destroyed is not None:
                 return 404, {"success": False, "error": "no_such_instance"}
-        self._halt(instance_id, "exited", "destroyed")
+        self._halt(instance_id, "exited", "destroyed", asked=True)
         with self._lock:
             instance.destroyed = time.time()
         return 200, {"success": True}

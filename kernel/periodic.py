@@ -12,6 +12,49 @@ from collections.abc import Awaitable, Callable
 REMINDER_SECONDS = 120.0
 
 
+class FailureStretch:
+    """A stretch of failures told as a change of state, not once per try: the first
+    failure, then a reminder every `reminder_seconds` with how long it has lasted and the
+    latest error, then one line when it works again. `say` gets each line."""
+
+    def __init__(
+        self,
+        what: str,
+        say: Callable[[str], None],
+        reminder_seconds: float = REMINDER_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.what = what
+        self.say = say
+        self.reminder_seconds = reminder_seconds
+        self._clock = clock
+        self.failing_since: float | None = None
+        self._reminded_at = 0.0
+        self._failures = 0
+
+    def failed(self, exc: Exception) -> None:
+        now = self._clock()
+        self._failures += 1
+        if self.failing_since is None:
+            self.failing_since = self._reminded_at = now
+            self.say(f"{self.what}: {exc}")
+        elif now - self._reminded_at >= self.reminder_seconds:
+            self._reminded_at = now
+            self.say(
+                f"{self.what}: still failing after {now - self.failing_since:.0f}s "
+                f"({self._failures} tries): {exc}"
+            )
+
+    def worked(self) -> None:
+        if self.failing_since is not None:
+            self.say(
+                f"{self.what}: works again after {self._clock() - self.failing_since:.0f}s "
+                f"({self._failures} failed tries)"
+            )
+        self.failing_since = None
+        self._failures = 0
+
+
 class Periodic:
     """Runs `action` every `interval` seconds, inside the running loop, from `start()` until
     `stop()`. A failure is logged (at `failure_level`, prefixed by `what`) and the loop goes
@@ -42,9 +85,16 @@ class Periodic:
         self.reminder_seconds = reminder_seconds
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
-        self.failing_since: float | None = None
-        self._reminded_at = 0.0
-        self._failures = 0
+        self._stretch = FailureStretch(
+            what,
+            lambda line: logger.log(failure_level, "%s", line),
+            reminder_seconds,
+            clock,
+        )
+
+    @property
+    def failing_since(self) -> float | None:
+        return self._stretch.failing_since
 
     async def run_once(self) -> bool:
         """One run of the action, logged as above; whether it worked."""
@@ -53,39 +103,10 @@ class Periodic:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._failed(exc)
+            self._stretch.failed(exc)
             return False
-        self._worked()
+        self._stretch.worked()
         return True
-
-    def _failed(self, exc: Exception) -> None:
-        now = self._clock()
-        self._failures += 1
-        if self.failing_since is None:
-            self.failing_since = self._reminded_at = now
-            self.logger.log(self.failure_level, "%s: %s", self.what, exc)
-        elif now - self._reminded_at >= self.reminder_seconds:
-            self._reminded_at = now
-            self.logger.log(
-                self.failure_level,
-                "%s: still failing after %.0fs (%d tries): %s",
-                self.what,
-                now - self.failing_since,
-                self._failures,
-                exc,
-            )
-
-    def _worked(self) -> None:
-        if self.failing_since is not None:
-            self.logger.log(
-                self.failure_level,
-                "%s: works again after %.0fs (%d failed tries)",
-                self.what,
-                self._clock() - self.failing_since,
-                self._failures,
-            )
-        self.failing_since = None
-        self._failures = 0
 
     async def _run(self) -> None:
         while True:

@@ -198,7 +198,12 @@ def test_batch_then_idle_autostop_destroys_the_instance(rented: Rented) -> None:
     # Spend is price x time within a second: the meter, and the autopilot's record of the start.
     assert abs(billed - PRICE * (instance.destroyed - instance.created) / 3600) <= PRICE / 3600
     assert abs(box["started"] - instance.created) <= 1.0
-    log = (rented.deployer.remote_dir / "data" / "logs" / "autostop.log").read_text()
+    log_file = rented.deployer.remote_dir / "data" / "logs" / "autostop.log"
+    # Written when the box has the API's answer, a moment after the meter stopped.
+    wait_for(
+        lambda: f"destroyed instance {instance.id}" in log_file.read_text(), 30, "the log line"
+    )
+    log = log_file.read_text()
     assert "no batch running, no GPU-queue backlog and no request on box" in log
     assert f"destroyed instance {instance.id}" in log
     print(f"autostop: destroyed {idle:.0f}s after the batch ended; billed ${billed:.5f}")
